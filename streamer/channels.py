@@ -1,0 +1,176 @@
+"""Bounded channels between pipeline stages, each with a named overflow policy.
+
+``block``: a full channel makes the sender wait (lossless backpressure).
+``latest``: a full channel drops its oldest frame to make room, so the newest frame wins;
+the drops are counted and the receiver gets a :class:`~streamer.frames.Gap` marker
+(reason ``overflow:NAME``) in place of the frames it never saw. Markers are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from streamer.errors import ChannelClosed
+from streamer.frames import Frame, Gap, StreamEnd
+
+Policy = Literal["block", "latest"]
+POLICIES: tuple[Policy, ...] = ("block", "latest")
+
+T = TypeVar("T")
+
+
+@dataclass
+class ChannelStats:
+    """Counters of one edge, read by metrics."""
+
+    name: str
+    policy: Policy
+    capacity: int
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0
+    depth: int = 0
+    max_depth: int = 0
+
+
+class Channel(Generic[T]):
+    """A bounded FIFO between ``producers`` senders and one receiving task.
+
+    Iterate it (``async for item in channel``) to receive until every producer has called
+    :meth:`close` and the buffer is empty.
+    """
+
+    def __init__(self, name: str, capacity: int, policy: Policy = "block", producers: int = 1):
+        if capacity < 1:
+            raise ValueError(f"channel '{name}': capacity must be >= 1, got {capacity}")
+        if policy not in POLICIES:
+            raise ValueError(f"channel '{name}': policy must be one of {POLICIES}, got {policy!r}")
+        self.name = name
+        self.policy: Policy = policy
+        self.capacity = capacity
+        self.stats = ChannelStats(name, policy, capacity)
+        self._buffer: deque[T] = deque()
+        self._pending_gaps: dict[str, list[Gap]] = {}
+        self._producers = producers
+        self._not_empty = asyncio.Event()
+        self._not_full = asyncio.Event()
+        self._not_full.set()
+
+    # -- sending -----------------------------------------------------------------------
+    async def send(self, item: T) -> None:
+        """Put ``item`` in; waits while full under ``block`` (and when only markers fill a
+        ``latest`` channel)."""
+        if self._producers <= 0:
+            raise ChannelClosed(f"channel '{self.name}' is closed")
+        while len(self._buffer) >= self.capacity:
+            if self.policy == "latest" and self._drop_oldest_frame(getattr(item, "stream", None)):
+                break
+            self._not_full.clear()
+            await self._not_full.wait()
+        self._buffer.append(item)
+        self.stats.sent += 1
+        self._update_depth()
+        self._not_empty.set()
+
+    def close(self) -> None:
+        """One producer is done; after the last one the receiver drains and stops."""
+        self._producers -= 1
+        if self._producers <= 0:
+            self._not_empty.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._producers <= 0
+
+    # -- receiving ---------------------------------------------------------------------
+    async def receive(self) -> T:
+        """The next item; ``StopAsyncIteration`` once closed and drained."""
+        while True:
+            item = self._take()
+            if item is not None:
+                return item
+            if self._producers <= 0:
+                raise StopAsyncIteration
+            self._not_empty.clear()
+            await self._not_empty.wait()
+
+    def __aiter__(self) -> Channel[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self.receive()
+
+    def _take(self) -> T | None:
+        if self._pending_gaps:
+            gap = self._due_gap()
+            if gap is not None:
+                return gap  # type: ignore[return-value]
+        if not self._buffer:
+            return None
+        item = self._buffer.popleft()
+        self.stats.received += 1
+        self._update_depth()
+        self._not_full.set()
+        return item
+
+    def _due_gap(self) -> Gap | None:
+        """A pending overflow gap that must come before the next buffered item."""
+        if self._buffer:
+            head = self._buffer[0]
+            stream = getattr(head, "stream", None)
+            gaps = self._pending_gaps.get(stream) if isinstance(stream, str) else None
+            if not gaps:
+                return None
+            if isinstance(head, Frame | Gap):
+                limit: float = head.index
+            else:  # a stream's gaps come after its start and before its end
+                limit = math.inf if isinstance(head, StreamEnd) else -math.inf
+            if gaps[0].index >= limit:
+                return None
+        elif self._producers > 0:
+            return None  # gaps wait for the stream's next item, or for the close
+        else:
+            stream = next(iter(self._pending_gaps))
+            gaps = self._pending_gaps[stream]
+        gap = gaps.pop(0)
+        if not gaps:
+            del self._pending_gaps[gap.stream]
+        return gap
+
+    # -- overflow ----------------------------------------------------------------------
+    def _drop_oldest_frame(self, stream: object) -> bool:
+        """Drop the oldest frame of ``stream`` (newest wins per stream), else the oldest."""
+        oldest: int | None = None
+        for position, item in enumerate(self._buffer):
+            if isinstance(item, Frame):
+                if item.stream == stream:
+                    oldest = position
+                    break
+                if oldest is None:
+                    oldest = position
+        if oldest is None:
+            return False
+        frame = self._buffer[oldest]
+        del self._buffer[oldest]
+        assert isinstance(frame, Frame)
+        self.stats.dropped += 1
+        self._record_gap(frame)
+        return True
+
+    def _record_gap(self, frame: Frame) -> None:
+        gaps = self._pending_gaps.setdefault(frame.stream, [])
+        if gaps and gaps[-1].index + gaps[-1].count == frame.index:
+            last = gaps[-1]
+            gaps[-1] = Gap(last.stream, last.index, last.count + 1, last.pts, last.reason)
+        else:
+            gaps.append(Gap(frame.stream, frame.index, 1, frame.pts, f"overflow:{self.name}"))
+
+    def _update_depth(self) -> None:
+        depth = len(self._buffer)
+        self.stats.depth = depth
+        if depth > self.stats.max_depth:
+            self.stats.max_depth = depth

@@ -1,0 +1,136 @@
+"""The data that flows through a pipeline: frames, markers and outputs.
+
+Frames and markers travel in the same channels so that order is kept: a stage sees
+``StreamStart``, then frames (with ``Gap`` markers where frames are missing), then
+``StreamEnd``. Everything here is immutable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Media = Literal["audio", "video"]
+OutputKind = Literal["frame", "window", "sequence", "segment", "token"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Frame:
+    """One chunk of a stream.
+
+    ``data`` is ``[H, W, 3]`` uint8 BGR for video and ``[samples, channels]`` float32 in
+    [-1, 1] for audio; later stages may replace it with features (a tensor). ``pts`` is
+    media time in seconds from the stream's start, ``captured`` the clock's time when the
+    frame was captured (for latency), ``rate`` frames per second (video) or samples per
+    second (audio).
+    """
+
+    stream: str
+    index: int
+    pts: float
+    captured: float
+    data: Any
+    rate: float
+
+    @property
+    def media(self) -> Media:
+        """``video`` for ``[H, W, C]`` uint8 data, otherwise ``audio``."""
+        data = self.data
+        if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
+            return "video"
+        return "audio"
+
+    @property
+    def duration(self) -> float:
+        """Media seconds this frame covers."""
+        if self.media == "audio":
+            return float(len(self.data)) / self.rate
+        return 1.0 / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """A stream begins: a model stage gives it fresh state."""
+
+    stream: str
+    media: Media
+    rate: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """``count`` frames starting at frame ``index`` (media time ``pts``) never arrived.
+
+    ``reason`` says why: ``overflow:EDGE`` (dropped by a ``latest`` channel), ``source``
+    (lost by the device or the recording), ``invalid`` (dropped by a stage).
+    """
+
+    stream: str
+    index: int
+    count: int
+    pts: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """A stream is over (``reason``: ``eof``, ``stopped``, ``duration``, ``max-frames``)."""
+
+    stream: str
+    frames: int
+    reason: str = "eof"
+
+
+Marker = StreamStart | Gap | StreamEnd
+Item = Frame | Marker
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One result of a stage, as written to sinks (see the JSONL schema in the README).
+
+    ``start``/``end`` are the frame indices covered (inclusive), ``pts`` the media time of
+    the newest covered frame, ``captured`` its capture time; ``latency_ms`` is filled in
+    when the pipeline hands the output to its sinks.
+    """
+
+    stream: str
+    kind: OutputKind
+    start: int
+    end: int
+    pts: float
+    label: str | None
+    scores: dict[str, float]
+    captured: float
+    latency_ms: float | None = None
+    t0: float | None = None
+    t1: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSONL record: plain Python types, floats at full precision."""
+        record: dict[str, Any] = {
+            "kind": self.kind,
+            "stream": self.stream,
+            "start": int(self.start),
+            "end": int(self.end),
+            "pts": _finite(self.pts),
+            "label": self.label,
+            "scores": {str(k): _finite(v) for k, v in self.scores.items()},
+            "latency_ms": None if self.latency_ms is None else _finite(self.latency_ms),
+        }
+        if self.kind == "segment":
+            record["t0"] = None if self.t0 is None else _finite(self.t0)
+            record["t1"] = None if self.t1 is None else _finite(self.t1)
+        record.update(self.extra)
+        return record
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN/Infinity: write them as null rather than invalid JSON."""
+    number = float(value)
+    return number if math.isfinite(number) else None

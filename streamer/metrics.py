@@ -1,0 +1,170 @@
+"""Run metrics, attached to the pipeline as an observer: latency, fps, drops, queue depth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streamer.channels import Channel
+from streamer.clock import Clock
+from streamer.frames import Frame, Gap, Item, Output
+
+
+@dataclass
+class StreamCounts:
+    frames_in: int = 0
+    outputs: int = 0
+    gaps: int = 0
+    frames_missing: int = 0
+
+
+@dataclass
+class Metrics:
+    """Counts what enters and leaves a pipeline; :meth:`summary` is the end-of-run report."""
+
+    clock: Clock
+    mode: str = "online"
+    latencies_ms: list[float] = field(default_factory=list)
+    streams: dict[str, StreamCounts] = field(default_factory=dict)
+    channels: list[Channel[Any]] = field(default_factory=list)
+    listeners: list[Callable[[Metrics], None]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    frames_in: int = 0
+    outputs: int = 0
+    started: float | None = None
+    finished: float | None = None
+    first_input: float | None = None
+    last_input: float | None = None
+    first_output: float | None = None
+    last_output: float | None = None
+    stop_reason: str = "eof"
+
+    def _stream(self, stream: str) -> StreamCounts:
+        counts = self.streams.get(stream)
+        if counts is None:
+            counts = self.streams[stream] = StreamCounts()
+        return counts
+
+    def start(self) -> None:
+        self.started = self.clock.now()
+
+    def finish(self) -> None:
+        self.finished = self.clock.now()
+
+    def on_input(self, item: Item) -> None:
+        """An item left a source."""
+        if isinstance(item, Frame):
+            now = self.clock.now()
+            self.frames_in += 1
+            self._stream(item.stream).frames_in += 1
+            if self.first_input is None:
+                self.first_input = now
+            self.last_input = now
+            for listener in self.listeners:
+                listener(self)
+
+    def on_output(self, output: Output) -> None:
+        """An output is handed to the sinks (its latency already stamped)."""
+        now = self.clock.now()
+        self.outputs += 1
+        self._stream(output.stream).outputs += 1
+        if output.latency_ms is not None:
+            self.latencies_ms.append(output.latency_ms)
+        if self.first_output is None:
+            self.first_output = now
+        self.last_output = now
+
+    def on_marker(self, item: Item) -> None:
+        """A marker reached the end of the pipeline."""
+        if isinstance(item, Gap):
+            counts = self._stream(item.stream)
+            counts.gaps += 1
+            counts.frames_missing += item.count
+
+    def summary(self) -> dict[str, Any]:
+        """The end-of-run figures as plain JSON-able values."""
+        elapsed = (self.finished or self.clock.now()) - (self.started or 0.0)
+        edges = {
+            c.name: {
+                "policy": c.stats.policy,
+                "capacity": c.stats.capacity,
+                "sent": c.stats.sent,
+                "dropped": c.stats.dropped,
+                "max_depth": c.stats.max_depth,
+            }
+            for c in self.channels
+        }
+        return {
+            "mode": self.mode,
+            "stopped": self.stop_reason,
+            "elapsed_s": elapsed,
+            "frames_in": self.frames_in,
+            "outputs": self.outputs,
+            "dropped": sum(c.stats.dropped for c in self.channels),
+            "fps_in": _rate(self.frames_in, self.first_input, self.last_input),
+            "fps_out": _rate(self.outputs, self.first_output, self.last_output),
+            "latency_ms": _percentiles(self.latencies_ms),
+            "edges": edges,
+            "streams": {
+                name: {
+                    "frames_in": c.frames_in,
+                    "outputs": c.outputs,
+                    "gaps": c.gaps,
+                    "frames_missing": c.frames_missing,
+                }
+                for name, c in self.streams.items()
+            },
+            **self.extra,
+        }
+
+
+def _rate(count: int, first: float | None, last: float | None) -> float | None:
+    """Events per second between the first and the last event (None if undefined)."""
+    if first is None or last is None or count < 2 or last <= first:
+        return None
+    return (count - 1) / (last - first)
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(array, [50, 95, 99])
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(array.max()),
+        "mean": float(array.mean()),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A few readable lines for the console."""
+    lines = [
+        f"mode {summary['mode']}, stopped: {summary['stopped']}, "
+        f"elapsed {summary['elapsed_s']:.3f} s",
+        f"frames in {summary['frames_in']}, outputs {summary['outputs']}, "
+        f"dropped {summary['dropped']}",
+    ]
+    fps_in, fps_out = summary["fps_in"], summary["fps_out"]
+    if fps_in is not None or fps_out is not None:
+        lines.append(f"fps in {_fmt(fps_in)}, fps out {_fmt(fps_out)}")
+    latency = summary["latency_ms"]
+    if latency:
+        lines.append(
+            "latency ms p50 {p50:.2f}  p95 {p95:.2f}  p99 {p99:.2f}  max {max:.2f}".format(
+                **latency
+            )
+        )
+    for name, edge in summary["edges"].items():
+        if edge["dropped"]:
+            lines.append(f"edge {name} ({edge['policy']}): dropped {edge['dropped']}")
+    return "\n".join("summary: " + line for line in lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

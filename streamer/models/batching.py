@@ -1,0 +1,92 @@
+"""Multi-stream batching: step several streams' chunks in one model call.
+
+Chunks whose states can be stacked (same state signature, e.g. not a fresh and a continuing
+custom-module stream), whose features have the same shape, and whose lengths are equal are
+stacked along the batch axis, stepped in one ``model.step`` call, and scattered back.
+Streams are never padded: padding would run the shorter streams' states over frames they
+do not have.
+
+With ``rechunk=True``, chunks of different lengths are batched too: each call steps the
+common prefix (the shortest remaining length) of every stream that still has frames,
+until all are done. That needs the model to be chunking-invariant, which is the tested
+property of causal models (and of per-step ONNX models); leave it off for a custom model
+whose outputs depend on where chunks begin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from streamer.models.protocol import State, StatefulModel
+from streamer.models.state import StateStore
+
+
+@dataclass(slots=True)
+class _Pending:
+    x: Tensor
+    state: State
+    outputs: list[Tensor] = field(default_factory=list)
+
+
+def step_batch(
+    model: StatefulModel,
+    store: StateStore,
+    chunks: Mapping[str, Tensor],
+    now: float,
+    *,
+    max_batch: int | None = None,
+    rechunk: bool = False,
+) -> dict[str, Tensor]:
+    """Step every stream's chunk ``x [T_i, F...]`` and return its ``y [T_i, K]``.
+
+    States come from ``store`` and go back to it at ``now`` (all at the end: if a model
+    call raises, the store is left as it was). Each stream's outputs equal stepping it
+    alone. ``max_batch`` caps the streams per call. Results keep the order of ``chunks``.
+    """
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, not {max_batch}")
+    pending: dict[str, _Pending] = {}
+    for stream, x in chunks.items():
+        if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < 1:
+            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"stream '{stream}': a chunk must be [T, F...] with T >= 1, got {shape}"
+            )
+        pending[stream] = _Pending(x, store.get(stream))
+
+    done: dict[str, _Pending] = {}
+    while pending:
+        groups: dict[Hashable, list[str]] = {}
+        for stream, item in pending.items():
+            length = 0 if rechunk else item.x.shape[0]
+            key = (length, tuple(item.x.shape[1:]), item.x.dtype, item.state.signature)
+            groups.setdefault(key, []).append(stream)
+        for members in groups.values():
+            size = max_batch or len(members)
+            for start in range(0, len(members), size):
+                _step_group(model, [(s, pending[s]) for s in members[start : start + size]])
+        for stream in [s for s, item in pending.items() if item.x.shape[0] == 0]:
+            done[stream] = pending.pop(stream)
+
+    results: dict[str, Tensor] = {}
+    for stream in chunks:
+        item = done[stream]
+        store.put(stream, item.state, now)
+        results[stream] = torch.cat(item.outputs, dim=0)
+    return results
+
+
+def _step_group(model: StatefulModel, members: list[tuple[str, _Pending]]) -> None:
+    """One ``model.step`` over the common prefix of ``members``' remaining frames."""
+    steps = min(item.x.shape[0] for _, item in members)
+    x = torch.stack([item.x[:steps] for _, item in members])
+    # stack and split copy, so no stream's stored state aliases a chunk or another stream
+    y, new = model.step(x, State.stack([item.state for _, item in members]))
+    for row, ((_, item), row_state) in enumerate(zip(members, new.split(), strict=True)):
+        item.outputs.append(y[row])
+        item.state = row_state
+        item.x = item.x[steps:]

@@ -1,0 +1,204 @@
+"""``load_model``: a model from a ``module:function`` factory, a model file, or both.
+
+- ``factory="pkg.mod:build"`` imports ``pkg.mod`` and calls ``build(**factory_kwargs)``. It
+  may return a :class:`StatefulModel`, an ``nn.GRU``/``LSTM``/``RNN``, an ``(rnn, head)``
+  pair or ``nn.Sequential(rnn, head, ...)``, or an ``nn.Module`` with
+  ``forward(x, state) -> (y, state)``; see :func:`~streamer.models.adapters.as_model`.
+- ``path="model.pt"`` / ``.pth``: a TorchScript archive is loaded with ``torch.jit.load``
+  (no factory); anything else must be a state dict, read with
+  ``torch.load(weights_only=True)`` (never arbitrary pickles) into the module the factory
+  builds: the returned ``nn.Module``, the pair keyed like ``nn.Sequential(rnn, head)``,
+  or the model's ``module`` attribute. ``{"state_dict": {...}}`` checkpoints work too.
+- ``path="model.onnx"``: :class:`~streamer.models.onnx.OnnxModel` with ``onnx_options``.
+
+Every failure is an :class:`~streamer.errors.InputError` whose one-line message names the
+factory or the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from streamer.errors import InputError
+from streamer.models.adapters import as_model, describe, module_of
+from streamer.models.module import TorchScriptModel
+from streamer.models.onnx import OnnxModel
+from streamer.models.protocol import StatefulModel
+
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def load_model(
+    factory: str | None = None,
+    path: str | PathLike[str] | None = None,
+    *,
+    factory_kwargs: Mapping[str, Any] | None = None,
+    onnx_options: Mapping[str, Any] | None = None,
+) -> StatefulModel:
+    """Build the model named by ``factory`` and/or ``path`` (see the module doc)."""
+    if factory is None and path is None:
+        raise InputError("model: give a factory ('module:function') or a path (.pt, .pth, .onnx)")
+    if path is None:
+        assert factory is not None
+        return _wrap(call_factory(factory, factory_kwargs), factory)
+
+    file = Path(path)
+    if not file.exists():
+        raise InputError(f"model file '{path}' does not exist")
+    if not file.is_file():
+        raise InputError(f"model file '{path}' is not a file")
+    suffix = file.suffix.lower()
+    if suffix == ".onnx":
+        if factory is not None:
+            raise InputError(
+                f"model: factory '{factory}' cannot be combined with ONNX file '{path}'"
+            )
+        try:
+            return OnnxModel(file, name=str(path), **dict(onnx_options or {}))
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"model file '{path}': not a usable ONNX model: {_line(exc)}") from exc
+    if suffix not in TORCH_SUFFIXES:
+        raise InputError(
+            f"model file '{path}': unknown type '{suffix}'; expected .pt or .pth (TorchScript"
+            " or state dict) or .onnx"
+        )
+    if _is_torchscript(file):
+        if factory is not None:
+            raise InputError(
+                f"model: factory '{factory}' cannot be combined with TorchScript file '{path}'"
+            )
+        try:
+            return TorchScriptModel(file, name=str(path))
+        except Exception as exc:
+            raise InputError(f"model file '{path}': TorchScript load failed: {_line(exc)}") from exc
+
+    weights = _load_state_dict(file, path)
+    if factory is None:
+        raise InputError(
+            f"model file '{path}' is a state dict: give a factory that builds the module for it"
+        )
+    built = call_factory(factory, factory_kwargs)
+    module = module_of(built)
+    if module is None:
+        raise InputError(
+            f"factory '{factory}' returned a {describe(built)}, which has no nn.Module to load"
+            f" state dict '{path}' into"
+        )
+    try:
+        result = module.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        raise InputError(
+            f"state dict '{path}' does not fit factory '{factory}': {_line(exc)}"
+        ) from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            f"state dict '{path}' does not fit factory '{factory}':"
+            f" missing keys {_keys(result.missing_keys)},"
+            f" unexpected keys {_keys(result.unexpected_keys)}"
+        )
+    return _wrap(built, factory)
+
+
+def call_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> object:
+    """Import ``module:function`` (the function may be dotted: ``Class.build``) and call it."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"factory '{spec}': expected 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
+            raise InputError(f"factory '{spec}': module '{module_name}' not found") from exc
+        raise InputError(
+            f"factory '{spec}': importing '{module_name}' failed: {_line(exc)}"
+        ) from exc
+    except Exception as exc:
+        raise InputError(
+            f"factory '{spec}': importing '{module_name}' failed:"
+            f" {type(exc).__name__}: {_line(exc)}"
+        ) from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise InputError(
+                f"factory '{spec}': module '{module_name}' has no attribute '{attr}'"
+            ) from None
+    if not callable(target):
+        raise InputError(f"factory '{spec}' is a {type(target).__name__}, not callable")
+    try:
+        return target(**dict(kwargs or {}))
+    except Exception as exc:
+        raise InputError(f"factory '{spec}' raised {type(exc).__name__}: {_line(exc)}") from exc
+
+
+def _wrap(obj: object, factory: str) -> StatefulModel:
+    try:
+        return as_model(obj, name=factory)
+    except TypeError as exc:
+        raise InputError(f"factory '{factory}': {exc}") from exc
+
+
+def _is_torchscript(file: Path) -> bool:
+    """TorchScript archives are zips with ``constants.pkl``; ``torch.save`` zips are not."""
+    if not zipfile.is_zipfile(file):
+        return False
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_state_dict(file: Path, path: str | PathLike[str]) -> dict[str, Tensor]:
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" such as {found.group(1)}" if found else ""
+        raise InputError(
+            f"model file '{path}': not a TorchScript or state-dict file: it holds Python"
+            f" objects{what}, which are never unpickled"
+        ) from exc
+    except Exception as exc:
+        raise InputError(
+            f"model file '{path}': not a TorchScript or state-dict file"
+            f" ({type(exc).__name__}: {_line(exc)})"
+        ) from exc
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not (
+        isinstance(loaded, Mapping)
+        and loaded
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in loaded.items())
+    ):
+        raise InputError(
+            f"model file '{path}': holds a {describe(loaded)}, not a state dict of tensors"
+        )
+    return dict(loaded)
+
+
+def _keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+    return f"[{shown}]"
+
+
+def _line(exc: BaseException) -> str:
+    """The exception's text on one line (at most 300 characters)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,88 @@
+"""Hidden state per stream: fresh on start, reset or kept on a gap, evicted when idle.
+
+Keying state by stream id is also what will let streams move between workers later (a
+stream's :class:`~streamer.models.protocol.State` is a snapshot of it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from streamer.models.protocol import State, StatefulModel
+
+GapPolicy = Literal["reset", "keep"]
+
+
+class StateStore:
+    """The states of ``model``'s streams (batch 1 each), keyed by stream id.
+
+    A stream the store does not hold (new, reset or ended) gets the model's initial state.
+    Times are the caller's clock (``now``); a stream idle for longer than ``ttl`` seconds
+    is dropped by :meth:`evict_idle` (``ttl=None``: never). Not thread-safe: call it from
+    the model's worker thread only.
+    """
+
+    def __init__(self, model: StatefulModel, ttl: float | None = None) -> None:
+        if ttl is not None and ttl <= 0:
+            raise ValueError(f"StateStore ttl must be > 0 seconds or None, not {ttl}")
+        self.model = model
+        self.ttl = ttl
+        self._states: dict[str, State] = {}
+        self._seen: dict[str, float] = {}
+
+    def get(self, stream: str) -> State:
+        """The stream's state, or a fresh initial state (batch 1) if none is held."""
+        state = self._states.get(stream)
+        return state if state is not None else self.model.initial_state(1)
+
+    def put(self, stream: str, state: State, now: float) -> None:
+        """Keep ``state`` (batch 1) as the stream's state; the stream was active at ``now``."""
+        if state.batch != 1:
+            raise ValueError(f"stream '{stream}': a stored state has batch 1, not {state.batch}")
+        self._states[stream] = state
+        self._seen[stream] = now
+
+    def start(self, stream: str, now: float) -> None:
+        """A stream (re)starts: fresh state, active at ``now``."""
+        self._states.pop(stream, None)
+        self._seen[stream] = now
+
+    def reset(self, stream: str) -> None:
+        """Forget the stream's state: its next step starts fresh."""
+        self._states.pop(stream, None)
+
+    def on_gap(self, stream: str, policy: GapPolicy) -> None:
+        """Frames were lost: ``reset`` starts the stream fresh, ``keep`` carries on."""
+        if policy == "reset":
+            self.reset(stream)
+        elif policy != "keep":
+            raise ValueError(f"on_gap policy must be 'reset' or 'keep', not {policy!r}")
+
+    def end(self, stream: str) -> None:
+        """The stream is over: drop everything about it."""
+        self._states.pop(stream, None)
+        self._seen.pop(stream, None)
+
+    def evict_idle(self, now: float) -> list[str]:
+        """Drop the streams idle for longer than ``ttl`` at ``now``; return their ids."""
+        if self.ttl is None:
+            return []
+        ttl = self.ttl
+        idle = sorted(s for s, seen in self._seen.items() if now - seen > ttl)
+        for stream in idle:
+            self.end(stream)
+        return idle
+
+    def last_seen(self, stream: str) -> float | None:
+        """When the stream was last active, or None if the store does not know it."""
+        return self._seen.get(stream)
+
+    def streams(self) -> list[str]:
+        """The streams the store knows, in order of arrival."""
+        return list(self._seen | {s: 0.0 for s in self._states})
+
+    def __contains__(self, stream: object) -> bool:
+        return stream in self._seen or stream in self._states
+
+    def __len__(self) -> int:
+        return len(self.streams())

@@ -1,0 +1,267 @@
+"""The pipeline runner: sources -> stages -> sinks, in one TaskGroup.
+
+Every edge is a bounded :class:`~streamer.channels.Channel`. The run mode picks the source
+edge's policy: ``realtime`` uses ``latest`` (capacity 1 per source: the newest frame wins),
+``online`` and ``offline`` use ``block`` (lossless). Later edges always ``block``.
+
+Failure: a stage or sink that raises cancels the run, which raises a
+:class:`~streamer.errors.StageError` naming it. A source that raises is treated as the end of
+its input: what it delivered is still processed and written, then the run raises.
+Stop: :meth:`Pipeline.stop` drains (sources stop, queued work finishes, sinks close);
+:meth:`Pipeline.abort` cancels at once (sinks are still closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from streamer.channels import Channel, Policy
+from streamer.clock import Clock, RealClock
+from streamer.errors import StageError, StreamerError
+from streamer.frames import Frame, Output, StreamEnd, StreamStart
+from streamer.metrics import Metrics
+from streamer.sinks.base import Sink
+from streamer.sources.base import Source
+from streamer.stages.base import Stage
+
+Mode = Literal["realtime", "online", "offline"]
+MODES: tuple[Mode, ...] = ("realtime", "online", "offline")
+
+#: Capacity of the lossless edges (frames or outputs in flight per edge).
+BLOCK_CAPACITY: dict[Mode, int] = {"realtime": 64, "online": 64, "offline": 1024}
+SINK_CAPACITY = 256
+
+
+@dataclass
+class Pipeline:
+    """Sources feed the first stage; each stage feeds the next; the last fans out to sinks."""
+
+    sources: Sequence[Source]
+    stages: Sequence[Stage]
+    sinks: Sequence[Sink]
+    mode: Mode = "online"
+    clock: Clock = field(default_factory=RealClock)
+    max_frames: int | None = None
+    duration: float | None = None
+    source_capacity: int | None = None
+    metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.sources:
+            raise ValueError("a pipeline needs at least one source")
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        if self.metrics is None:
+            self.metrics = Metrics(self.clock, mode=self.mode)
+        self._source_tasks: list[asyncio.Task[None]] = []
+        self._main: asyncio.Task[Any] | None = None
+        self._stopping: str | None = None
+        self._aborted = False
+        self._frames_in = 0
+        self._source_errors: list[StageError] = []
+
+    # -- control -----------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        """Drain: sources stop, queued frames are processed, sinks flush and close."""
+        if self._stopping is None:
+            self._stopping = reason
+            assert self.metrics is not None
+            self.metrics.stop_reason = reason
+        for task in self._source_tasks:
+            task.cancel()
+
+    def abort(self) -> None:
+        """Cancel everything now; sinks are still closed, so files stay valid."""
+        self._aborted = True
+        if self._main is not None:
+            self._main.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping is not None
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
+    # -- running -----------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        """Run to the end of input (or a stop); returns the metrics summary."""
+        metrics = self.metrics
+        assert metrics is not None
+        self._main = asyncio.current_task()
+        policy: Policy = "latest" if self.mode == "realtime" else "block"
+        capacity = self.source_capacity or (
+            len(self.sources) if policy == "latest" else BLOCK_CAPACITY[self.mode]
+        )
+        first = self.stages[0].name
+        inbox: Channel[Any] = Channel(
+            f"source>{first}", capacity, policy, producers=len(self.sources)
+        )
+        edges = [inbox]
+        for before, after in zip(self.stages, [*self.stages[1:], None], strict=True):
+            target = after.name if after is not None else "sinks"
+            edges.append(Channel(f"{before.name}>{target}", BLOCK_CAPACITY[self.mode], "block"))
+        sink_edges: list[Channel[Output]] = [
+            Channel(f"fanout>{sink.name}", SINK_CAPACITY, "block") for sink in self.sinks
+        ]
+        metrics.channels.extend([*edges, *sink_edges])
+        metrics.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for sink, edge in zip(self.sinks, sink_edges, strict=True):
+                    group.create_task(_named(sink.name, self._pump_sink(sink, edge)))
+                group.create_task(_named("fanout", self._fan_out(edges[-1], sink_edges)))
+                for stage, stage_in, stage_out in zip(
+                    self.stages, edges[:-1], edges[1:], strict=True
+                ):
+                    group.create_task(
+                        _named(stage.name, self._run_stage(stage, stage_in, stage_out))
+                    )
+                self._source_tasks = [
+                    group.create_task(self._pump_source(source, inbox)) for source in self.sources
+                ]
+                if self._stopping is not None:  # stopped before the tasks existed
+                    self.stop(self._stopping)
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        finally:
+            metrics.finish()
+            for sink in self.sinks:  # idempotent; covers sinks whose task never started
+                await _close_quietly(sink)
+        if self._source_errors:
+            raise self._source_errors[0]
+        return metrics.summary()
+
+    async def _pump_source(self, source: Source, outbox: Channel[Any]) -> None:
+        """Move a source's items into the first edge, applying duration and frame limits."""
+        metrics = self.metrics
+        assert metrics is not None
+        open_streams: dict[str, int] = {}  # stream -> frames delivered so far
+        cut: set[str] = set()  # streams ended early by the duration limit
+        try:
+            async for item in source:
+                if item.stream in cut:
+                    continue
+                if isinstance(item, StreamStart):
+                    open_streams[item.stream] = 0
+                elif isinstance(item, StreamEnd):
+                    open_streams.pop(item.stream, None)
+                elif isinstance(item, Frame):
+                    if self.duration is not None and item.pts >= self.duration:
+                        cut.add(item.stream)
+                        await self._end_streams(outbox, open_streams, "duration", [item.stream])
+                        if not open_streams:
+                            break
+                        continue
+                    if self.max_frames is not None and self._frames_in >= self.max_frames:
+                        await self._end_streams(outbox, open_streams, "max-frames")
+                        self.stop("max-frames")
+                        break
+                    self._frames_in += 1
+                    open_streams[item.stream] = item.index + 1
+                metrics.on_input(item)
+                await outbox.send(item)
+        except asyncio.CancelledError:
+            if self._stopping is not None and not self._aborted:
+                await self._end_streams(outbox, open_streams, self._stopping)
+            raise
+        except Exception as exc:
+            # The input ends here; what came before is still processed and written.
+            self._source_errors.append(_as_stage_error(source.name, exc))
+            await self._end_streams(outbox, open_streams, "error")
+        finally:
+            outbox.close()
+            await source.aclose()
+
+    @staticmethod
+    async def _end_streams(
+        outbox: Channel[Any],
+        open_streams: dict[str, int],
+        reason: str,
+        only: list[str] | None = None,
+    ) -> None:
+        for stream in list(only if only is not None else open_streams):
+            if stream in open_streams:
+                await outbox.send(StreamEnd(stream, open_streams.pop(stream), reason))
+
+    @staticmethod
+    async def _run_stage(stage: Stage, inbox: Channel[Any], outbox: Channel[Any]) -> None:
+        try:
+            await stage.run(inbox, outbox)
+        finally:
+            outbox.close()
+
+    async def _fan_out(self, inbox: Channel[Any], sink_edges: list[Channel[Output]]) -> None:
+        """Stamp each output's latency, count it, and hand it to every sink."""
+        metrics = self.metrics
+        assert metrics is not None
+        try:
+            async for item in inbox:
+                if isinstance(item, Output):
+                    latency = (self.clock.now() - item.captured) * 1000.0
+                    item = dataclasses.replace(
+                        item, latency_ms=latency if math.isfinite(latency) else None
+                    )
+                    metrics.on_output(item)
+                    for edge in sink_edges:
+                        await edge.send(item)
+                else:
+                    metrics.on_marker(item)
+        finally:
+            for edge in sink_edges:
+                edge.close()
+
+    @staticmethod
+    async def _pump_sink(sink: Sink, inbox: Channel[Output]) -> None:
+        try:
+            async for output in inbox:
+                await sink.send(output)
+        finally:
+            await sink.aclose()
+
+
+async def _named(name: str, work: Awaitable[None]) -> None:
+    """Run ``work``; a failure becomes a StageError that names the stage."""
+    try:
+        await work
+    except Exception as exc:
+        raise _as_stage_error(name, exc) from exc
+
+
+def _as_stage_error(name: str, exc: BaseException) -> StageError:
+    return exc if isinstance(exc, StageError) else StageError(name, exc)
+
+
+def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error that caused the run to fail (a StageError when there is one)."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for leaf in leaves:
+        if isinstance(leaf, StreamerError):
+            return leaf
+    return leaves[0]
+
+
+async def _close_quietly(sink: Sink) -> None:
+    """Close a sink again after the run (closing is idempotent); a failure here must not
+    mask the run's own outcome, and the sink's own task has already reported it."""
+    try:
+        await sink.aclose()
+    except Exception:
+        return

@@ -1,0 +1,575 @@
+"""The recording format: a folder of raw, append-only stream files plus ``meta.json``.
+
+A recording keeps every frame exactly as it arrived (data bytes, ``index``, ``pts`` and
+``captured``) so that a replay reproduces both the content and the arrival pattern::
+
+    NAME/
+      meta.json    written last: its presence marks a complete recording
+      s0.data      stream 0: the frames' data, concatenated in C order (little-endian)
+      s0.times     stream 0: one TIMES_DTYPE record per frame
+      s1.data ...
+
+``meta.json`` holds ``{"format": "streamer-recording", "version": 1, "created", "source",
+"streams": [...]}``; each stream entry has ``id`` (any string; file names are ``s<N>`` so
+ids need not be file-safe), ``media``, ``rate``, ``dtype``, ``frame_shape`` (the first
+frame's shape), ``frames``, ``data``, ``times``, ``gaps`` (``index``, ``count``, ``pts``,
+``reason`` and ``at``: the number of recorded frames of the stream before the gap), ``end``
+(``{"frames", "reason"}`` of the recorded ``StreamEnd``, or null) and ``meta`` (the
+``StreamStart`` meta).
+
+Frames of a stream share dtype and trailing shape; video frames (``[H, W, 3]``) also share
+their height, while audio frames (``[samples, channels]``) may differ in length (the last
+chunk of a file is usually short): each times record stores the frame's ``length`` along
+axis 0, and the data file holds ``sum(length)`` rows.
+
+:class:`RecordingWriter` writes into a hidden sibling folder and renames it into place on
+:meth:`RecordingWriter.close`, so a crash never leaves a folder at the target that reads as
+a valid recording. Reading and writing are blocking file I/O: run them on a
+:class:`~streamer.worker.Worker` thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.errors import InputError
+from streamer.frames import Frame, Gap, Item, Media, StreamEnd, StreamStart
+
+FORMAT = "streamer-recording"
+VERSION = 1
+META_FILE = "meta.json"
+
+#: One record per frame in a ``.times`` file (32 bytes, little-endian).
+TIMES_DTYPE = np.dtype([("index", "<i8"), ("pts", "<f8"), ("captured", "<f8"), ("length", "<i8")])
+
+_MEDIA: tuple[Media, ...] = ("audio", "video")
+
+
+def _stored_dtype(name: str) -> np.dtype[Any]:
+    """The on-disk (little-endian) dtype for a dtype name such as ``float32``."""
+    return np.dtype(name).newbyteorder("<")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class _StreamWriter:
+    """Per-stream state of a :class:`RecordingWriter`."""
+
+    id: str
+    number: int
+    media: Media
+    rate: float
+    meta: dict[str, Any]
+    data_file: IO[bytes]
+    times_file: IO[bytes]
+    dtype: np.dtype[Any] | None = None
+    frame_shape: tuple[int, ...] | None = None
+    frames: int = 0
+    gaps: list[dict[str, Any]] = field(default_factory=list)
+    end: dict[str, Any] | None = None
+    #: media and rate came from a StreamStart (else from the first frame).
+    declared: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        """This stream's entry in ``meta.json``."""
+        return {
+            "id": self.id,
+            "media": self.media,
+            "rate": self.rate,
+            "dtype": None if self.dtype is None else self.dtype.name,
+            "frame_shape": None if self.frame_shape is None else list(self.frame_shape),
+            "frames": self.frames,
+            "data": f"s{self.number}.data",
+            "times": f"s{self.number}.times",
+            "gaps": self.gaps,
+            "end": self.end,
+            "meta": self.meta,
+        }
+
+
+class RecordingWriter:
+    """Writes items into a new recording folder at ``path``, atomically on :meth:`close`.
+
+    ``add`` takes ``StreamStart``, ``Frame``, ``Gap`` and ``StreamEnd`` items in stream
+    order. Until ``close`` returns, everything lives in a hidden sibling folder
+    (``.NAME.partial-<pid>-<random>``) without ``meta.json``; ``abort`` (or an exception in
+    a ``with`` block) removes it. A killed process leaves that hidden folder behind, never
+    anything at ``path``. ``source`` and ``created`` (ISO time; default now) go into
+    ``meta.json``. Thread-safe, but meant to be driven from one worker thread.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, source: str = "", created: str | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.source = source
+        self.created = created or datetime.now(UTC).isoformat(timespec="seconds")
+        if not self.path.name or self.path.name in (".", ".."):
+            raise InputError(f"recording path {str(path)!r} must name a new folder")
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise InputError(f"folder {parent} does not exist (needed for recording {self.path})")
+        if self.path.exists() or self.path.is_symlink():
+            raise InputError(f"recording target {self.path} already exists; choose a new path")
+        token = secrets.token_hex(4)
+        self.temp_path = parent / f".{self.path.name}.partial-{os.getpid()}-{token}"
+        try:
+            self.temp_path.mkdir()
+        except OSError as exc:
+            raise InputError(
+                f"cannot write recording {self.path}: {exc.strerror or exc} in {parent}"
+            ) from None
+        self._streams: dict[str, _StreamWriter] = {}
+        self._lock = threading.Lock()
+        self._state = "open"  # open | closed | aborted
+
+    # -- context manager
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- public API
+
+    @property
+    def streams(self) -> list[str]:
+        """Stream ids in the order they were first seen."""
+        return list(self._streams)
+
+    def add(self, item: Item) -> None:
+        """Append one item; frames are written through to the stream files."""
+        with self._lock:
+            self._check_open()
+            if isinstance(item, StreamStart):
+                self._start(item)
+            elif isinstance(item, Frame):
+                self._frame(item)
+            elif isinstance(item, Gap):
+                stream = self._stream_for(item.stream, None)
+                stream.gaps.append(
+                    {
+                        "index": int(item.index),
+                        "count": int(item.count),
+                        "pts": float(item.pts),
+                        "reason": str(item.reason),
+                        "at": stream.frames,
+                    }
+                )
+            elif isinstance(item, StreamEnd):
+                stream = self._stream_for(item.stream, None)
+                stream.end = {"frames": int(item.frames), "reason": str(item.reason)}
+            else:
+                raise TypeError(f"cannot record {type(item).__name__}")
+
+    def close(self) -> Path:
+        """Flush and fsync everything, write ``meta.json`` last, rename into place."""
+        with self._lock:
+            self._check_open()
+            try:
+                for stream in self._streams.values():
+                    for handle in (stream.data_file, stream.times_file):
+                        handle.flush()
+                        os.fsync(handle.fileno())
+                        handle.close()
+                meta = {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "created": self.created,
+                    "source": self.source,
+                    "streams": [s.entry() for s in self._streams.values()],
+                }
+                with open(self.temp_path / META_FILE, "w", encoding="utf-8") as meta_file:
+                    json.dump(meta, meta_file, indent=2, allow_nan=False)
+                    meta_file.write("\n")
+                    meta_file.flush()
+                    os.fsync(meta_file.fileno())
+                _fsync_dir(self.temp_path)
+                if self.path.exists() or self.path.is_symlink():
+                    raise InputError(
+                        f"recording target {self.path} appeared while recording; "
+                        f"nothing was written there"
+                    )
+                os.rename(self.temp_path, self.path)
+                _fsync_dir(self.path.parent)
+            except BaseException:
+                self._abort_locked()
+                raise
+            self._state = "closed"
+            return self.path
+
+    def abort(self) -> None:
+        """Discard everything written (idempotent; a no-op after :meth:`close`)."""
+        with self._lock:
+            if self._state == "open":
+                self._abort_locked()
+
+    # -- internals
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise RuntimeError(f"recording writer for {self.path} is {self._state}")
+
+    def _abort_locked(self) -> None:
+        self._state = "aborted"
+        for stream in self._streams.values():
+            for handle in (stream.data_file, stream.times_file):
+                handle.close()
+        shutil.rmtree(self.temp_path, ignore_errors=True)
+
+    def _start(self, item: StreamStart) -> None:
+        if item.stream in self._streams:
+            raise InputError(f"recording {self.path}: stream '{item.stream}' started twice")
+        if item.media not in _MEDIA:
+            raise InputError(
+                f"recording {self.path}: stream '{item.stream}' has media {item.media!r}, "
+                f"expected one of {_MEDIA}"
+            )
+        stream = self._new_stream(item.stream, item.media, float(item.rate), dict(item.meta))
+        stream.declared = True
+
+    def _stream_for(self, stream_id: str, frame: Frame | None) -> _StreamWriter:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            # No StreamStart seen: take media and rate from the first frame.
+            media: Media = frame.media if frame is not None else "audio"
+            rate = float(frame.rate) if frame is not None else 0.0
+            stream = self._new_stream(stream_id, media, rate, {})
+        if stream.end is not None:
+            raise InputError(f"recording {self.path}: stream '{stream_id}' has items after its end")
+        return stream
+
+    def _new_stream(
+        self, stream_id: str, media: Media, rate: float, meta: dict[str, Any]
+    ) -> _StreamWriter:
+        try:
+            json.dumps(meta, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"recording {self.path}: meta of stream '{stream_id}' is not JSON: {exc}"
+            ) from None
+        number = len(self._streams)
+        data_file = open(self.temp_path / f"s{number}.data", "xb")  # noqa: SIM115
+        times_file = open(self.temp_path / f"s{number}.times", "xb")  # noqa: SIM115
+        stream = _StreamWriter(stream_id, number, media, rate, meta, data_file, times_file)
+        self._streams[stream_id] = stream
+        return stream
+
+    def _frame(self, frame: Frame) -> None:
+        stream = self._stream_for(frame.stream, frame)
+        where = f"recording {self.path}: stream '{frame.stream}'"
+        if not stream.declared and stream.frames == 0:
+            stream.media = frame.media
+            stream.rate = float(frame.rate)
+        data = np.asarray(frame.data)
+        if data.ndim < 1 or data.dtype.kind not in "biufc":
+            raise InputError(
+                f"{where}: frame data must be a numeric array of at least 1 dimension, "
+                f"got {data.dtype} with shape {data.shape}"
+            )
+        if stream.dtype is None or stream.frame_shape is None:
+            stream.dtype = data.dtype
+            stream.frame_shape = tuple(int(n) for n in data.shape)
+        expected = stream.frame_shape
+        same_shape = (
+            data.shape[1:] == expected[1:] if stream.media == "audio" else data.shape == expected
+        )
+        if data.dtype != stream.dtype or not same_shape:
+            raise InputError(
+                f"{where}: frame {frame.index} is {data.dtype} {list(data.shape)}, but the "
+                f"stream's frames are {stream.dtype} {list(expected)}"
+            )
+        if stream.rate == 0.0:
+            stream.rate = float(frame.rate)
+        elif float(frame.rate) != stream.rate:
+            raise InputError(
+                f"{where}: frame {frame.index} has rate {frame.rate}, the stream {stream.rate}"
+            )
+        raw = np.ascontiguousarray(data, dtype=_stored_dtype(stream.dtype.name))
+        stream.data_file.write(raw.tobytes())
+        record = np.array(
+            [(frame.index, frame.pts, frame.captured, data.shape[0])], dtype=TIMES_DTYPE
+        )
+        stream.times_file.write(record.tobytes())
+        stream.frames += 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class RecordedStream:
+    """One stream of a recording.
+
+    ``data``: ``[rows, ...]`` memory-mapped, all frames concatenated along axis 0 (audio
+    ``[samples, channels]``, video ``[frames * H, W, 3]``); ``times``: ``[frames]``
+    TIMES_DTYPE records; ``offsets``: ``[frames + 1]`` row offsets into ``data``.
+    """
+
+    id: str
+    media: Media
+    rate: float
+    dtype: np.dtype[Any]
+    frame_shape: tuple[int, ...]
+    frames: int
+    data: npt.NDArray[Any]
+    times: npt.NDArray[np.void]
+    offsets: npt.NDArray[np.int64]
+    gaps: list[Gap]
+    gap_positions: list[int]
+    end: StreamEnd | None
+    meta: dict[str, Any]
+
+    def frame_data(self, i: int) -> npt.NDArray[Any]:
+        """Frame ``i``'s data as a view into the memory map (copy it to keep it)."""
+        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def frame_duration(self, i: int) -> float:
+        """Media seconds covered by frame ``i``."""
+        if self.rate <= 0:
+            return 0.0
+        if self.media == "audio":
+            return float(self.times["length"][i]) / self.rate
+        return 1.0 / self.rate
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A complete recording as read by :func:`read_recording`."""
+
+    path: Path
+    created: str
+    source: str
+    streams: list[RecordedStream]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def total_frames(self) -> int:
+        return sum(s.frames for s in self.streams)
+
+
+def read_recording(path: str | os.PathLike[str]) -> Recording:
+    """Open and validate a recording folder; ``InputError`` naming the bad file otherwise."""
+    root = Path(path)
+    if not root.exists():
+        raise InputError(f"recording {root} does not exist")
+    if not root.is_dir():
+        raise InputError(f"recording {root} is not a folder")
+    meta_path = root / META_FILE
+    if not meta_path.is_file():
+        raise InputError(
+            f"{root} is not a complete recording: {meta_path} is missing "
+            f"(an interrupted capture never writes it)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{meta_path}: not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{meta_path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("version") != VERSION:
+        raise InputError(
+            f"{meta_path}: version {meta.get('version')!r} is not supported (expected {VERSION})"
+        )
+    entries = meta.get("streams")
+    if not isinstance(entries, list):
+        raise InputError(f"{meta_path}: 'streams' must be a list")
+    streams: list[RecordedStream] = []
+    seen: set[str] = set()
+    for n, entry in enumerate(entries):
+        stream = _read_stream(root, meta_path, n, entry)
+        if stream.id in seen:
+            raise InputError(f"{meta_path}: stream id {stream.id!r} appears twice")
+        seen.add(stream.id)
+        streams.append(stream)
+    return Recording(
+        path=root,
+        created=str(meta.get("created", "")),
+        source=str(meta.get("source", "")),
+        streams=streams,
+    )
+
+
+def _read_stream(root: Path, meta_path: Path, n: int, entry: Any) -> RecordedStream:
+    where = f"{meta_path}: streams[{n}]"
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} must be an object")
+    try:
+        stream_id = _field(entry, "id", str, where)
+        media = _field(entry, "media", str, where)
+        rate = float(_field(entry, "rate", (int, float), where))
+        frames = _field(entry, "frames", int, where)
+        data_name = _field(entry, "data", str, where)
+        times_name = _field(entry, "times", str, where)
+        gap_entries = _field(entry, "gaps", list, where)
+        stream_meta = _field(entry, "meta", dict, where)
+        dtype_name = entry.get("dtype")
+        shape_list = entry.get("frame_shape")
+        end_entry = entry.get("end")
+        if media not in _MEDIA:
+            raise InputError(f"{where}: media {media!r} must be one of {_MEDIA}")
+        if frames < 0:
+            raise InputError(f"{where}: frames must be >= 0, got {frames}")
+        for name in (data_name, times_name):
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise InputError(f"{where}: file name {name!r} must be a plain name")
+        if frames == 0 and (dtype_name is None or shape_list is None):
+            dtype = np.dtype(np.float32 if media == "audio" else np.uint8)
+            frame_shape: tuple[int, ...] = (0, 1) if media == "audio" else (0, 0, 3)
+        else:
+            if not isinstance(dtype_name, str):
+                raise InputError(f"{where}: 'dtype' must be a dtype name such as 'float32'")
+            try:
+                dtype = np.dtype(dtype_name)
+            except TypeError:
+                raise InputError(f"{where}: unknown dtype {dtype_name!r}") from None
+            if dtype.kind not in "biufc":
+                raise InputError(f"{where}: dtype {dtype_name!r} is not numeric")
+            if (
+                not isinstance(shape_list, list)
+                or not shape_list
+                or not all(isinstance(d, int) and d >= 0 for d in shape_list)
+            ):
+                raise InputError(f"{where}: 'frame_shape' must be a list of sizes")
+            frame_shape = tuple(shape_list)
+        gaps, positions = _read_gaps(gap_entries, stream_id, frames, where)
+        end = None
+        if end_entry is not None:
+            if not isinstance(end_entry, dict):
+                raise InputError(f"{where}: 'end' must be an object or null")
+            end = StreamEnd(
+                stream_id,
+                int(_field(end_entry, "frames", int, where + ".end")),
+                str(_field(end_entry, "reason", str, where + ".end")),
+            )
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+    times_path = root / times_name
+    if not times_path.is_file():
+        raise InputError(f"{times_path}: times file of stream '{stream_id}' is missing")
+    expected_times = frames * TIMES_DTYPE.itemsize
+    times_size = times_path.stat().st_size
+    if times_size != expected_times:
+        raise InputError(
+            f"{times_path}: {times_size} bytes, expected {expected_times} "
+            f"({frames} records of {TIMES_DTYPE.itemsize} bytes); truncated or corrupt"
+        )
+    times = np.fromfile(times_path, dtype=TIMES_DTYPE) if frames else np.zeros(0, TIMES_DTYPE)
+    lengths = times["length"].astype(np.int64)
+    if frames and (lengths < 0).any():
+        raise InputError(f"{times_path}: negative frame length; corrupt")
+    if media == "video" and frames and (lengths != frame_shape[0]).any():
+        raise InputError(f"{times_path}: video frame heights differ from {frame_shape[0]}")
+    offsets = np.zeros(frames + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    rows = int(offsets[-1])
+
+    data_path = root / data_name
+    if not data_path.is_file():
+        raise InputError(f"{data_path}: data file of stream '{stream_id}' is missing")
+    stored = _stored_dtype(dtype.name)
+    row_shape = frame_shape[1:]
+    row_bytes = stored.itemsize * math.prod(row_shape)
+    expected_data = rows * row_bytes
+    data_size = data_path.stat().st_size
+    if data_size != expected_data:
+        raise InputError(
+            f"{data_path}: {data_size} bytes, expected {expected_data} ({frames} frames, "
+            f"{rows} rows of {list(row_shape)} {dtype.name}); truncated or corrupt"
+        )
+    data: npt.NDArray[Any]
+    if expected_data:
+        data = np.memmap(data_path, dtype=stored, mode="r", shape=(rows, *row_shape))
+    else:
+        data = np.zeros((rows, *row_shape), dtype=stored)
+    return RecordedStream(
+        id=stream_id,
+        media=cast(Media, media),
+        rate=rate,
+        dtype=dtype,
+        frame_shape=frame_shape,
+        frames=frames,
+        data=data,
+        times=times,
+        offsets=offsets,
+        gaps=gaps,
+        gap_positions=positions,
+        end=end,
+        meta=stream_meta,
+    )
+
+
+def _read_gaps(
+    entries: list[Any], stream_id: str, frames: int, where: str
+) -> tuple[list[Gap], list[int]]:
+    gaps: list[Gap] = []
+    positions: list[int] = []
+    for k, entry in enumerate(entries):
+        at = f"{where}.gaps[{k}]"
+        if not isinstance(entry, dict):
+            raise InputError(f"{at} must be an object")
+        position = _field(entry, "at", int, at)
+        if not 0 <= position <= frames or (positions and position < positions[-1]):
+            raise InputError(f"{at}: position {position} out of order or past {frames} frames")
+        gaps.append(
+            Gap(
+                stream_id,
+                _field(entry, "index", int, at),
+                _field(entry, "count", int, at),
+                float(_field(entry, "pts", (int, float), at)),
+                _field(entry, "reason", str, at),
+            )
+        )
+        positions.append(position)
+    return gaps, positions
+
+
+def _field(entry: dict[str, Any], key: str, kind: Any, where: str) -> Any:
+    if key not in entry:
+        raise InputError(f"{where}: missing key {key!r}")
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{where}: key {key!r} has the wrong type ({type(value).__name__})")
+    return value

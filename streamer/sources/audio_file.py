@@ -1,0 +1,230 @@
+"""Audio files through libsndfile: WAV, FLAC, OGG/Vorbis, MP3, AIFF, AU and the rest it reads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from streamer.clock import Clock
+from streamer.errors import InputError
+from streamer.frames import Frame, Item, StreamEnd, StreamStart
+from streamer.sources import check_readable_file, one_line
+from streamer.sources.base import Pacer, SourceOptions
+from streamer.worker import Worker
+
+log = logging.getLogger(__name__)
+
+EXPECTED = "an audio file (WAV, FLAC, OGG, MP3, AIFF, AU or another format libsndfile reads)"
+#: Native seconds read per worker call: few calls, small latency on the first frame.
+BLOCK_SECONDS = 0.5
+_WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+class AudioFileSource:
+    """Frames of ``options.chunk`` samples from an audio file, read on a worker thread.
+
+    Frame ``i``: ``data`` ``[chunk, C]`` float32 in [-1, 1], ``rate`` the delivered sample
+    rate, ``pts = i * chunk / rate``. The last frame is zero-padded to a full chunk;
+    ``samples`` (also in ``StreamStart.meta``) says how many samples are real, so the last
+    frame holds ``samples - (total_frames - 1) * chunk`` of them.
+
+    ``options.rate``: resample with a streaming ``soxr.ResampleStream`` (HQ), whose output
+    over the whole file equals ``soxr.resample`` of it in one shot; resampled samples are
+    clipped to [-1, 1]. ``options.mono``: average the channels (before resampling).
+    ``options.loop``: the file repeats seamlessly (a chunk may straddle the seam, the
+    resampler runs on across it), indices and pts keep increasing, no ``StreamEnd``.
+
+    Bad input raises :class:`InputError` naming the file: in ``__init__`` for a missing,
+    unreadable, empty or undecodable file or one with no samples; while reading for data
+    that stops decoding (a FLAC or OGG cut short or corrupted). A WAV whose header promises
+    more samples than the file holds (a recording cut short) is not an error: libsndfile
+    reports the samples present, and those are delivered, then the stream ends normally;
+    a warning is logged and ``StreamStart.meta["truncated"]`` is True.
+    """
+
+    name: str
+    total_frames: int | None
+
+    def __init__(self, path: str | os.PathLike[str], options: SourceOptions, clock: Clock) -> None:
+        self.path = Path(path)
+        check_readable_file(self.path, EXPECTED)
+        info = _probe(self.path)
+        if info.frames <= 0:
+            raise InputError(f"{self.path}: contains no audio samples; expected {EXPECTED}")
+        if options.chunk < 1:
+            raise InputError(f"{self.path}: chunk must be at least 1 sample, got {options.chunk}")
+        if options.rate is not None and not options.rate > 0:
+            raise InputError(f"{self.path}: rate must be > 0 Hz, got {options.rate}")
+        self.options = options
+        self.stream = options.stream or self.path.stem
+        self.name = f"source:{self.stream}"
+        self.native_rate = int(info.samplerate)
+        self.native_channels = int(info.channels)
+        self.native_samples = int(info.frames)
+        self.rate = float(options.rate or self.native_rate)
+        self.resampling = self.rate != self.native_rate
+        self.channels = 1 if options.mono else self.native_channels
+        self.chunk = options.chunk
+        #: Real samples at the delivered rate in one pass over the file (soxr's output length).
+        self.samples = (
+            round(self.native_samples * self.rate / self.native_rate)
+            if self.resampling
+            else self.native_samples
+        )
+        self.total_frames = None if options.loop else math.ceil(self.samples / self.chunk)
+        self.truncated = _wav_truncated(info)
+        if self.truncated:
+            log.warning(
+                "%s: the WAV header promises more data than the file holds (cut short?); "
+                "delivering the %d samples present",
+                self.path,
+                self.native_samples,
+            )
+        self._meta: dict[str, Any] = {
+            "path": str(self.path),
+            "format": info.format,
+            "subtype": info.subtype,
+            "native_rate": self.native_rate,
+            "native_channels": self.native_channels,
+            "channels": self.channels,
+            "chunk": self.chunk,
+            "samples": self.samples,
+            "truncated": self.truncated,
+        }
+        self._pacer = Pacer(clock, options.pace, options.speed)
+        self._worker = Worker(self.name, clock)
+        self._block = max(1024, int(self.native_rate * BLOCK_SECONDS))
+        self._file: sf.SoundFile | None = None
+        self._resampler: Any = None
+        self._read_in_pass = 0
+        self._gen: AsyncGenerator[Item, None] | None = None
+        self._closed = False
+        self._shut = False
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        if self._gen is None:
+            self._gen = self._items()
+        return self._gen
+
+    async def aclose(self) -> None:
+        """Stop iterating and close the file (after any read in flight)."""
+        self._closed = True
+        if self._gen is not None:
+            # RuntimeError: the generator is running in another task; it stops at its next read.
+            with contextlib.suppress(RuntimeError):
+                await self._gen.aclose()
+        await self._shutdown()
+
+    async def _items(self) -> AsyncGenerator[Item, None]:
+        try:
+            if self._closed:
+                return
+            await self._worker.call(self._open)
+            yield StreamStart(self.stream, "audio", self.rate, dict(self._meta))
+            pending = np.zeros((0, self.channels), np.float32)  # [T, C]
+            index = 0
+            while not self._closed:
+                result = await self._worker.call(self._read_block)
+                if result is None:
+                    return
+                block, end = result
+                pending = np.concatenate([pending, block]) if len(pending) else block
+                full = len(pending) // self.chunk
+                for j in range(full):
+                    yield await self._frame(index, pending[j * self.chunk : (j + 1) * self.chunk])
+                    index += 1
+                pending = pending[full * self.chunk :]
+                if end:
+                    if len(pending):
+                        padded = np.zeros((self.chunk, self.channels), np.float32)
+                        padded[: len(pending)] = pending
+                        yield await self._frame(index, padded)
+                        index += 1
+                    yield StreamEnd(self.stream, frames=index, reason="eof")
+                    return
+        finally:
+            await self._shutdown()
+
+    async def _frame(self, index: int, data: np.ndarray) -> Frame:
+        pts = index * self.chunk / self.rate
+        captured = await self._pacer.wait(pts)
+        return Frame(self.stream, index, pts, captured, data, self.rate)
+
+    async def _shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        try:
+            await self._worker.call(self._release)
+        finally:
+            self._worker.close()
+
+    # The methods below run on the worker thread.
+
+    def _open(self) -> None:
+        try:
+            self._file = sf.SoundFile(str(self.path))
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise InputError(f"{self.path}: cannot open ({one_line(str(exc))})") from exc
+        if self.resampling:
+            self._resampler = soxr.ResampleStream(
+                self.native_rate, self.rate, self.channels, dtype="float32", quality="HQ"
+            )
+
+    def _read_block(self) -> tuple[np.ndarray, bool] | None:
+        """The next block ``[T, C]`` as delivered, and whether it is the last; None if closed."""
+        file = self._file
+        if file is None:
+            return None
+        position = file.tell()
+        try:
+            block = file.read(self._block, dtype="float32", always_2d=True)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise InputError(
+                f"{self.path}: audio data stops decoding after sample {position} "
+                f"({one_line(str(exc))}); the file is truncated or corrupt"
+            ) from exc
+        self._read_in_pass += len(block)
+        end = len(block) < self._block
+        if end and self.options.loop and self._read_in_pass > 0:
+            file.seek(0)
+            self._read_in_pass = 0
+            end = False
+        if self.channels != block.shape[1]:
+            block = block.mean(axis=1, keepdims=True, dtype=np.float32)
+        if self._resampler is not None:
+            block = self._resampler.resample_chunk(block, last=end)
+            np.clip(block, -1.0, 1.0, out=block)
+        return block, end
+
+    def _release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._resampler = None
+
+
+def _probe(path: Path) -> Any:
+    """``soundfile.info``, its failures turned into :class:`InputError`."""
+    try:
+        return sf.info(str(path))
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise InputError(
+            f"{path}: not a readable audio file ({one_line(str(exc))}); expected {EXPECTED}"
+        ) from exc
+
+
+def _wav_truncated(info: Any) -> bool:
+    """Whether libsndfile found a WAV data chunk shorter than its header says."""
+    match = _WAV_DATA.search(getattr(info, "extra_info", "") or "")
+    return match is not None and int(match.group(2)) < int(match.group(1))
