@@ -3,7 +3,8 @@
 ``block``: a full channel makes the sender wait (lossless backpressure).
 ``latest``: a full channel drops its oldest frame to make room, so the newest frame wins;
 the drops are counted and the receiver gets a :class:`~streamer.frames.Gap` marker
-(reason ``overflow:NAME``) in place of the frames it never saw. Markers are never dropped.
+(reason ``overflow:NAME``) in place of the frames it never saw. Markers are never dropped
+and never displace a frame: a marker waits for room.
 """
 
 from __future__ import annotations
@@ -62,12 +63,17 @@ class Channel(Generic[T]):
 
     # -- sending -----------------------------------------------------------------------
     async def send(self, item: T) -> None:
-        """Put ``item`` in; waits while full under ``block`` (and when only markers fill a
-        ``latest`` channel)."""
+        """Put ``item`` in; waits while full, except a frame under ``latest``, which
+        displaces the oldest frame (of its own stream if there is one)."""
         if self._producers <= 0:
             raise ChannelClosed(f"channel '{self.name}' is closed")
         while len(self._buffer) >= self.capacity:
-            if self.policy == "latest" and self._drop_oldest_frame(getattr(item, "stream", None)):
+            # Only a newer frame displaces a frame; a marker waits for room like under block.
+            if (
+                self.policy == "latest"
+                and isinstance(item, Frame)
+                and self._drop_oldest_frame(item.stream)
+            ):
                 break
             self._not_full.clear()
             await self._not_full.wait()

@@ -28,6 +28,10 @@ from streamer.models import (
 )
 
 ATOL = 1e-5
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning"),
+]
 FEATURES = 4
 HIDDEN = 8
 
@@ -196,7 +200,7 @@ MODULES: dict[str, Callable[[], nn.Module]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(MODULES))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_module_step_over_chunks_equals_forward(kind: str, data: st.DataObject) -> None:
     torch.manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
@@ -322,7 +326,7 @@ STREAM_MODELS = [
 
 
 @pytest.mark.parametrize("kind", STREAM_MODELS)
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(data=st.data())
 def test_streams_batched_equal_each_stream_alone(
     kind: str,

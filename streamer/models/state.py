@@ -27,8 +27,8 @@ class StateStore:
             raise ValueError(f"StateStore ttl must be > 0 seconds or None, not {ttl}")
         self.model = model
         self.ttl = ttl
-        self._states: dict[str, State] = {}
-        self._seen: dict[str, float] = {}
+        self._states: dict[str, State] = {}  # streams without one start fresh
+        self._seen: dict[str, float] = {}  # every known stream: when it was last active
 
     def get(self, stream: str) -> State:
         """The stream's state, or a fresh initial state (batch 1) if none is held."""
@@ -79,10 +79,10 @@ class StateStore:
 
     def streams(self) -> list[str]:
         """The streams the store knows, in order of arrival."""
-        return list(self._seen | {s: 0.0 for s in self._states})
+        return list(self._seen)
 
     def __contains__(self, stream: object) -> bool:
-        return stream in self._seen or stream in self._states
+        return stream in self._seen
 
     def __len__(self) -> int:
-        return len(self.streams())
+        return len(self._seen)

@@ -6,6 +6,7 @@ drawn only on a terminal, at most ten times a second.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -69,10 +70,25 @@ class ConsoleSink:
         if (self._count - 1) % self.every == 0:
             if self._total is not None:
                 self.progress_stream.write("\r\x1b[K")
-            self.stream.write(format_output(output) + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write(format_output(output) + "\n")
+                self.stream.flush()
+            except BrokenPipeError:  # `streamer run ... | head`: stop printing, keep running
+                self.every = 1 << 62
+                self._silence()
+
+    def _silence(self) -> None:
+        """Point the closed stdout at /dev/null so that the interpreter's exit flush is quiet."""
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+        except (OSError, ValueError):
+            pass
 
     async def aclose(self) -> None:
         if self._total is not None:
             self.progress_stream.write("\n")
-        self.stream.flush()
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._silence()
