@@ -16,10 +16,13 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer import __version__
 from streamer.errors import InputError, StreamerError
+
+if TYPE_CHECKING:
+    from streamer.pipeline import Pipeline
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
 LIVE_PREFIXES = ("camera:", "mic:", "mqtt://", "mqtts://")
@@ -118,13 +121,18 @@ def _run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     config = apply_overrides(config, overrides)
-    return asyncio.run(_run_pipeline(config, build_pipeline, metrics_path))
+    summary: dict[str, Any] = {}
+    try:
+        return asyncio.run(_run_pipeline(build_pipeline(config), summary))
+    finally:
+        if metrics_path is not None and summary:
+            metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-async def _run_pipeline(config: Any, build: Any, metrics_path: Path | None) -> int:
+async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
+    """Run with signal handling; fills ``summary`` with the metrics, even on failure."""
     from streamer.metrics import format_summary
 
-    pipeline = build(config)
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -141,6 +149,7 @@ async def _run_pipeline(config: Any, build: Any, metrics_path: Path | None) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     code = EXIT_OK
+    assert pipeline.metrics is not None
     try:
         await pipeline.run()
     except asyncio.CancelledError:
@@ -151,10 +160,9 @@ async def _run_pipeline(config: Any, build: Any, metrics_path: Path | None) -> i
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        summary = pipeline.metrics.summary()
-        print(format_summary(summary), file=sys.stderr)
-        if metrics_path is not None:
-            metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        summary.update(pipeline.metrics.summary())
+    # After a failure the error line is the only thing on stderr (--metrics still has it).
+    print(format_summary(summary), file=sys.stderr)
     return code
 
 

@@ -157,6 +157,7 @@ class Pipeline:
                 elif isinstance(item, Frame):
                     if self.duration is not None and item.pts >= self.duration:
                         cut.add(item.stream)
+                        metrics.stop_reason = "duration"
                         await self._end_streams(outbox, open_streams, "duration", [item.stream])
                         if not open_streams:
                             break
@@ -165,10 +166,11 @@ class Pipeline:
                         await self._end_streams(outbox, open_streams, "max-frames")
                         self.stop("max-frames")
                         break
+                await outbox.send(item)
+                metrics.on_input(item)
+                if isinstance(item, Frame):
                     self._frames_in += 1
                     open_streams[item.stream] = item.index + 1
-                metrics.on_input(item)
-                await outbox.send(item)
         except asyncio.CancelledError:
             if self._stopping is not None and not self._aborted:
                 await self._end_streams(outbox, open_streams, self._stopping)
@@ -176,6 +178,7 @@ class Pipeline:
         except Exception as exc:
             # The input ends here; what came before is still processed and written.
             self._source_errors.append(_as_stage_error(source.name, exc))
+            metrics.stop_reason = "error"
             await self._end_streams(outbox, open_streams, "error")
         finally:
             outbox.close()

@@ -228,16 +228,21 @@ async def test_fast_pacing_does_not_sleep(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2.0
 
 
-async def test_truncated_wav_delivers_what_is_there(tmp_path: Path) -> None:
+async def test_truncated_wav_delivers_what_is_there_then_fails(tmp_path: Path) -> None:
     whole = tmp_path / "whole.wav"
     write_tone(whole, 16_000, 16_000, subtype="PCM_16")
     cut = tmp_path / "cut.wav"
     cut.write_bytes(whole.read_bytes()[:20_044])  # header promises 16000 samples, 10000 remain
     source = AudioFileSource(cut, SourceOptions(chunk=512), RealClock())
     assert source.truncated and source.samples == 10_000
-    items = await collect(source)
+    items: list[Item] = []
+    with pytest.raises(InputError, match=r"cut\.wav: the WAV is truncated"):
+        async for item in source:
+            items.append(item)
     assert isinstance(items[0], StreamStart) and items[0].meta["truncated"] is True
-    frames = check_structure(items, "cut")
+    assert not any(isinstance(i, StreamEnd) for i in items)
+    frames = [i for i in items if isinstance(i, Frame)]
+    assert [f.index for f in frames] == list(range(len(frames)))
     expected, _ = sf.read(whole, dtype="float32", always_2d=True)
     assert np.array_equal(audio_of(frames)[:10_000], expected[:10_000])
     assert len(frames) == math.ceil(10_000 / 512)

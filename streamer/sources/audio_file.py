@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 EXPECTED = "an audio file (WAV, FLAC, OGG, MP3, AIFF, AU or another format libsndfile reads)"
 #: Native seconds read per worker call: few calls, small latency on the first frame.
 BLOCK_SECONDS = 0.5
+#: Samples decoded when a file is opened, to refuse one whose data does not decode at all.
+PROBE_SAMPLES = 4096
 _WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
@@ -47,9 +49,9 @@ class AudioFileSource:
     Bad input raises :class:`InputError` naming the file: in ``__init__`` for a missing,
     unreadable, empty or undecodable file or one with no samples; while reading for data
     that stops decoding (a FLAC or OGG cut short or corrupted). A WAV whose header promises
-    more samples than the file holds (a recording cut short) is not an error: libsndfile
-    reports the samples present, and those are delivered, then the stream ends normally;
-    a warning is logged and ``StreamStart.meta["truncated"]`` is True.
+    more samples than the file holds (a recording cut short): the samples present are
+    delivered (so their outputs are written), then the source raises :class:`InputError`;
+    ``StreamStart.meta["truncated"]`` is True.
     """
 
     name: str
@@ -83,13 +85,6 @@ class AudioFileSource:
         )
         self.total_frames = None if options.loop else math.ceil(self.samples / self.chunk)
         self.truncated = _wav_truncated(info)
-        if self.truncated:
-            log.warning(
-                "%s: the WAV header promises more data than the file holds (cut short?); "
-                "delivering the %d samples present",
-                self.path,
-                self.native_samples,
-            )
         self._meta: dict[str, Any] = {
             "path": str(self.path),
             "format": info.format,
@@ -150,6 +145,12 @@ class AudioFileSource:
                         padded[: len(pending)] = pending
                         yield await self._frame(index, padded)
                         index += 1
+                    if self.truncated:
+                        raise InputError(
+                            f"{self.path}: the WAV is truncated: its header promises more "
+                            f"data than the file holds; the {self.native_samples} samples "
+                            "present were delivered"
+                        )
                     yield StreamEnd(self.stream, frames=index, reason="eof")
                     return
         finally:
@@ -215,13 +216,24 @@ class AudioFileSource:
 
 
 def _probe(path: Path) -> Any:
-    """``soundfile.info``, its failures turned into :class:`InputError`."""
+    """``soundfile.info``, its failures turned into :class:`InputError`; also decodes the
+    first samples, so a file whose data does not decode at all is refused before a run."""
     try:
-        return sf.info(str(path))
+        info = sf.info(str(path))
     except (RuntimeError, OSError, ValueError) as exc:
         raise InputError(
             f"{path}: not a readable audio file ({one_line(str(exc))}); expected {EXPECTED}"
         ) from exc
+    if info.frames > 0:
+        try:
+            with sf.SoundFile(str(path)) as file:
+                file.read(min(int(info.frames), PROBE_SAMPLES), dtype="float32", always_2d=True)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise InputError(
+                f"{path}: audio data does not decode ({one_line(str(exc))}); "
+                "the file is truncated or corrupt"
+            ) from exc
+    return info
 
 
 def _wav_truncated(info: Any) -> bool:

@@ -1,0 +1,476 @@
+"""Heads: a stream's per-step model outputs ``y [T, K]`` in, :class:`Output` objects out.
+
+A head is made for one stream and fed in order: ``push(y, steps)`` with one
+:class:`~streamer.features.Step` (frame index, pts, captured) per row of ``y``, then
+``gap()`` where frames are missing and ``end()`` at the stream's end. Heads treat each
+row on its own (activations, window contents and reductions do not depend on how rows were
+grouped into pushes), so a stream gives the same outputs streamed or offline.
+
+Scores (:class:`Scorer`), with ``L = len(labels)``:
+
+- ``K == L``: ``softmax`` over the labels (the ``auto`` choice when ``L > 1``), ``sigmoid``
+  per label (multi-label; ``auto`` when ``L == 1``), or ``none`` (the values as they are);
+- ``K == 1`` and ``L == 2`` (binary): the single value is ``labels[1]``'s logit
+  (``sigmoid``, the ``auto`` choice) or probability (``none``);
+  ``labels[0]`` gets ``1 - p``.
+
+Scores are computed in float64 and given as Python floats; labels come from a
+:class:`~streamer.postprocess.Labeler` (argmax unless thresholds are given).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from streamer.errors import InputError
+from streamer.features import Step
+from streamer.frames import Output, OutputKind
+from streamer.postprocess import Labeler
+
+Activation = Literal["auto", "softmax", "sigmoid", "none"]
+Reduce = Literal["mean", "max", "last"]
+#: A window reduction: activated scores ``[W, L]`` -> ``[L]``.
+ReduceFn = Callable[[Tensor], Tensor]
+S = TypeVar("S")
+
+__all__ = [
+    "FrameHead",
+    "GenerateHead",
+    "Head",
+    "Scorer",
+    "SequenceHead",
+    "Step",
+    "WindowHead",
+    "WindowSchedule",
+    "make_head",
+]
+
+
+class Head(Protocol):
+    """The interface of the push heads (frame, window, sequence)."""
+
+    kind: OutputKind
+    stream: str
+
+    def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
+        """Rows ``y [T, K]`` of the steps ``steps`` (``len(steps) == T``) -> outputs."""
+        ...
+
+    def gap(self) -> list[Output]:
+        """Steps are missing before the next push."""
+        ...
+
+    def end(self) -> list[Output]:
+        """The stream is over."""
+        ...
+
+
+class Scorer:
+    """Model outputs ``y [T, K]`` -> scores ``[T, L]`` float64, one column per label."""
+
+    def __init__(self, labels: Sequence[str], activation: Activation = "auto") -> None:
+        if not labels:
+            raise ValueError("a head needs at least one label")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be distinct, got {list(labels)}")
+        if activation not in ("auto", "softmax", "sigmoid", "none"):
+            raise ValueError(
+                f"activation must be auto, softmax, sigmoid or none, not {activation!r}"
+            )
+        self.labels = list(labels)
+        self.activation: Activation = activation
+
+    def __call__(self, y: Tensor) -> Tensor:
+        if not isinstance(y, Tensor) or y.ndim != 2:
+            shape = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"head: y must be [T, K], got {shape}")
+        k, n = int(y.shape[1]), len(self.labels)
+        y = y.detach().to(device="cpu", dtype=torch.float64)
+        if k == 1 and n == 2:
+            if self.activation == "softmax":
+                raise ValueError(
+                    "head: softmax over one output makes no sense; for K = 1 with two labels"
+                    " use sigmoid (a logit) or none (a probability)"
+                )
+            p = y[:, 0] if self.activation == "none" else torch.sigmoid(y[:, 0])
+            return torch.stack([1.0 - p, p], dim=1)
+        if k != n:
+            raise ValueError(
+                f"head: the model gives K = {k} values per step but there are {n} labels"
+                f" {self.labels} (K must equal the labels, or be 1 with two labels)"
+            )
+        activation = self.activation
+        if activation == "auto":
+            activation = "softmax" if n > 1 else "sigmoid"
+        if activation == "softmax":
+            return torch.softmax(y, dim=1)
+        if activation == "sigmoid":
+            return torch.sigmoid(y)
+        return y
+
+    def scores(self, row: Tensor) -> dict[str, float]:
+        """One row ``[L]`` of scores as label -> Python float."""
+        return dict(zip(self.labels, row.tolist(), strict=True))
+
+
+def _check(y: Tensor, steps: Sequence[Step]) -> None:
+    if not isinstance(y, Tensor) or y.ndim != 2 or y.shape[0] != len(steps):
+        shape = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"head: y must be [T, K] with T = len(steps) = {len(steps)}, got {shape}")
+
+
+def _output(
+    stream: str,
+    kind: OutputKind,
+    first: Step,
+    last: Step,
+    scores: dict[str, float],
+    labeler: Labeler,
+    extra: dict[str, Any] | None = None,
+) -> Output:
+    return Output(
+        stream=stream,
+        kind=kind,
+        start=first.index,
+        end=last.index,
+        pts=last.pts,
+        label=labeler(scores),
+        scores=scores,
+        captured=last.captured,
+        extra=extra or {},
+    )
+
+
+class FrameHead:
+    """One ``frame`` output per step (``start == end ==`` the step's index)."""
+
+    kind: OutputKind = "frame"
+
+    def __init__(
+        self,
+        stream: str,
+        labels: Sequence[str],
+        *,
+        activation: Activation = "auto",
+        labeler: Labeler | None = None,
+    ) -> None:
+        self.stream = stream
+        self.scorer = Scorer(labels, activation)
+        self.labeler = labeler or Labeler(labels)
+
+    def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
+        """``y [T, K]`` -> T ``frame`` outputs."""
+        _check(y, steps)
+        probs = self.scorer(y)
+        return [
+            _output(self.stream, "frame", step, step, self.scorer.scores(row), self.labeler)
+            for step, row in zip(steps, probs, strict=True)
+        ]
+
+    def gap(self) -> list[Output]:
+        return []
+
+    def end(self) -> list[Output]:
+        return []
+
+
+class WindowSchedule:
+    """Where windows of ``window`` steps, every ``hop`` steps, end.
+
+    Counting steps from 0 since the start (or the last :meth:`reset`), the first window
+    ends at step ``window - 1``, then one every ``hop`` steps. A stage that runs the model
+    over each window itself (fresh state per window) can use this to know when.
+    """
+
+    def __init__(self, window: int, hop: int) -> None:
+        if window < 1 or hop < 1:
+            raise ValueError(f"window and hop must be >= 1 steps, got {window}, {hop}")
+        self.window = window
+        self.hop = hop
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen = 0  # steps counted
+        self.next_end = self.window - 1  # the step at which the next window completes
+
+    def advance(self) -> bool:
+        """Count one step; True when it completes a window."""
+        done = self.seen == self.next_end
+        self.seen += 1
+        if done:
+            self.next_end += self.hop
+        return done
+
+    def partial(self) -> int:
+        """Steps of the next (unfinished) window that have been counted (0 if none)."""
+        start = self.next_end - self.window + 1
+        return max(0, self.seen - start)
+
+
+class WindowHead:
+    """A ``window`` output each time a window of ``window`` steps completes (then every
+    ``hop`` steps; default ``hop = window``), covering frames ``[start, end]`` of the window.
+
+    ``reduce`` combines the window's activated scores ``[W, L]``: ``mean``, ``max`` (per
+    label) or ``last``, or a callable ``[W, L] -> [L]``. (To run the model over each window
+    instead, a stage buffers the features, uses :class:`WindowSchedule` for the timing and
+    ``reduce="last"`` on the window's output.) At :meth:`end`, the unfinished next window
+    is emitted over the steps of it that arrived only if ``partial=True`` (default False:
+    every window has ``window`` steps). With ``reset_on_gap`` (default) a gap ends the
+    windows like :meth:`end` and counting starts again after it, so no window spans a gap.
+    """
+
+    kind: OutputKind = "window"
+
+    def __init__(
+        self,
+        stream: str,
+        labels: Sequence[str],
+        window: int,
+        hop: int | None = None,
+        *,
+        reduce: Reduce | ReduceFn = "mean",
+        partial: bool = False,
+        reset_on_gap: bool = True,
+        activation: Activation = "auto",
+        labeler: Labeler | None = None,
+    ) -> None:
+        if isinstance(reduce, str) and reduce not in ("mean", "max", "last"):
+            raise ValueError(f"window reduce must be mean, max, last or a callable, not {reduce!r}")
+        self.stream = stream
+        self.schedule = WindowSchedule(window, window if hop is None else hop)
+        self.reduce = reduce
+        self.partial = partial
+        self.reset_on_gap = reset_on_gap
+        self.scorer = Scorer(labels, activation)
+        self.labeler = labeler or Labeler(labels)
+        self._rows: deque[tuple[Step, Tensor]] = deque(maxlen=window)
+
+    def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
+        """``y [T, K]`` -> the windows completed by these steps."""
+        _check(y, steps)
+        out: list[Output] = []
+        for step, row in zip(steps, self.scorer(y), strict=True):
+            self._rows.append((step, row))
+            if self.schedule.advance():
+                out.append(self._window(list(self._rows)))
+        return out
+
+    def gap(self) -> list[Output]:
+        return self.end() if self.reset_on_gap else []
+
+    def end(self) -> list[Output]:
+        count = self.schedule.partial()
+        rows = list(self._rows)[len(self._rows) - count :] if count else []
+        self.schedule.reset()
+        self._rows.clear()
+        return [self._window(rows)] if self.partial and rows else []
+
+    def _window(self, rows: list[tuple[Step, Tensor]]) -> Output:
+        probs = torch.stack([row for _, row in rows])  # [W, L]
+        if callable(self.reduce):
+            reduced = self.reduce(probs)
+        elif self.reduce == "mean":
+            reduced = probs.mean(dim=0)
+        elif self.reduce == "max":
+            reduced = probs.amax(dim=0)
+        else:
+            reduced = probs[-1]
+        return _output(
+            self.stream,
+            "window",
+            rows[0][0],
+            rows[-1][0],
+            self.scorer.scores(reduced),
+            self.labeler,
+        )
+
+
+class SequenceHead:
+    """One ``sequence`` output at :meth:`end` over all steps since the start (or the last
+    gap, with ``segment_on_gap``): ``reduce`` ``last`` (the last step's scores) or ``mean``
+    (of the activated scores, accumulated step by step in float64). Nothing for a stream
+    without steps.
+    """
+
+    kind: OutputKind = "sequence"
+
+    def __init__(
+        self,
+        stream: str,
+        labels: Sequence[str],
+        *,
+        reduce: Literal["last", "mean"] = "last",
+        segment_on_gap: bool = False,
+        activation: Activation = "auto",
+        labeler: Labeler | None = None,
+    ) -> None:
+        if reduce not in ("last", "mean"):
+            raise ValueError(f"sequence reduce must be last or mean, not {reduce!r}")
+        self.stream = stream
+        self.reduce = reduce
+        self.segment_on_gap = segment_on_gap
+        self.scorer = Scorer(labels, activation)
+        self.labeler = labeler or Labeler(labels)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._first: Step | None = None
+        self._last: Step | None = None
+        self._total: Tensor | None = None  # [L]: sum (mean) or the last row (last)
+        self._count = 0
+
+    def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
+        """Accumulate ``y [T, K]``; a sequence head outputs nothing until the end."""
+        _check(y, steps)
+        for step, row in zip(steps, self.scorer(y), strict=True):
+            if self._first is None:
+                self._first = step
+            self._last = step
+            self._count += 1
+            if self.reduce == "last" or self._total is None:
+                self._total = row.clone()
+            else:
+                self._total += row
+        return []
+
+    def gap(self) -> list[Output]:
+        return self.end() if self.segment_on_gap else []
+
+    def end(self) -> list[Output]:
+        first, last, total, count = self._first, self._last, self._total, self._count
+        self._reset()
+        if first is None or last is None or total is None:
+            return []
+        reduced = total / count if self.reduce == "mean" else total
+        return [
+            _output(self.stream, "sequence", first, last, self.scorer.scores(reduced), self.labeler)
+        ]
+
+
+class GenerateHead(Generic[S]):
+    """One-to-many: greedy decoding, one ``token`` output per generated token.
+
+    ``decode_step(inp, state) -> (logits, state)`` is called first with the conditioning
+    input (e.g. a frame's or a window's model output) and then with the previous token's
+    id (an ``int``); ``logits`` has ``len(vocab)`` values (any leading axes of size 1).
+    Decoding stops after ``max_len`` tokens or when ``end_token`` (id or string) is chosen;
+    the end token is not output. Each output covers the conditioning steps (``start``/
+    ``end``, ``pts``/``captured`` of the newest), its label is the token's string, its
+    scores the ``top_k`` most probable tokens (softmax of the logits; ``top_k=1``: the
+    chosen token's probability) and ``extra["position"]`` the token's position (0, 1, ...).
+    """
+
+    kind: OutputKind = "token"
+
+    def __init__(
+        self,
+        stream: str,
+        vocab: Sequence[str],
+        decode_step: Callable[[Tensor | int, S], tuple[Tensor, S]],
+        *,
+        max_len: int,
+        end_token: int | str | None = None,
+        top_k: int = 1,
+    ) -> None:
+        if not vocab:
+            raise ValueError("generate head: the vocabulary is empty")
+        if max_len < 1:
+            raise ValueError(f"generate head: max_len must be >= 1, not {max_len}")
+        if not 1 <= top_k <= len(vocab):
+            raise ValueError(f"generate head: top_k must be in 1..{len(vocab)}, not {top_k}")
+        if isinstance(end_token, str):
+            if end_token not in vocab:
+                raise ValueError(f"generate head: end token {end_token!r} is not in the vocabulary")
+            end_token = list(vocab).index(end_token)
+        elif end_token is not None and not 0 <= end_token < len(vocab):
+            raise ValueError(f"generate head: end token id {end_token} is outside the vocabulary")
+        self.stream = stream
+        self.vocab = list(vocab)
+        self.decode_step = decode_step
+        self.max_len = max_len
+        self.end_token = end_token
+        self.top_k = top_k
+
+    def generate(
+        self, inp: Tensor | int, state: S, steps: Sequence[Step]
+    ) -> Generator[Output, None, S]:
+        """Decode from ``inp``; yield each token's output as soon as it is chosen.
+
+        ``steps`` are the steps the input covers (at least one). The generator's return
+        value (``StopIteration.value``) is the decoder's final state.
+        """
+        if not steps:
+            raise ValueError("generate head: the input must cover at least one step")
+        first, last = steps[0], steps[-1]
+        current: Tensor | int = inp
+        for position in range(self.max_len):
+            logits, state = self.decode_step(current, state)
+            flat = logits.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+            if flat.shape[0] != len(self.vocab):
+                raise ValueError(
+                    f"generate head: decode_step gave {list(logits.shape)} logits for a"
+                    f" vocabulary of {len(self.vocab)}"
+                )
+            probs = torch.softmax(flat, dim=0)
+            # stable: among equal probabilities the lowest id comes first, as for argmax
+            top = torch.argsort(probs, descending=True, stable=True)[: self.top_k].tolist()
+            token = top[0]
+            if token == self.end_token:
+                break
+            scores = {self.vocab[i]: float(probs[i]) for i in top}
+            yield Output(
+                stream=self.stream,
+                kind="token",
+                start=first.index,
+                end=last.index,
+                pts=last.pts,
+                label=self.vocab[token],
+                scores=scores,
+                captured=last.captured,
+                extra={"position": position},
+            )
+            current = token
+        return state
+
+
+HEADS = ("frame", "window", "sequence", "generate")
+
+
+def make_head(
+    name: str,
+    *,
+    stream: str,
+    labels: Sequence[str],
+    **params: Any,
+) -> FrameHead | WindowHead | SequenceHead | GenerateHead[Any]:
+    """The head ``name`` (the ``[model] head`` key) for one stream.
+
+    ``params`` are the head's options (``window``, ``hop``, ``reduce``, ``activation``,
+    ...; ``generate`` takes ``decode_step``, ``max_len``, ``end_token``, with ``labels``
+    as the vocabulary). Raises :class:`InputError` naming the key for an unknown head or
+    option.
+    """
+    try:
+        if name == "frame":
+            return FrameHead(stream, labels, **params)
+        if name == "window":
+            if "window" not in params:
+                raise InputError("[model] head: 'window' needs a window size (window = W)")
+            return WindowHead(stream, labels, **params)
+        if name == "sequence":
+            return SequenceHead(stream, labels, **params)
+        if name == "generate":
+            if "decode_step" not in params or "max_len" not in params:
+                raise InputError("[model] head: 'generate' needs decode_step and max_len")
+            return GenerateHead(stream, labels, **params)
+    except TypeError as exc:
+        raise InputError(f"[model] head: {name!r}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"[model] head: {exc}") from None
+    raise InputError(f"[model] head: unknown head {name!r}; expected one of {list(HEADS)}")

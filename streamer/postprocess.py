@@ -1,0 +1,253 @@
+"""Label decisions and smoothing over a stream: argmax or thresholds, hysteresis, minimum
+durations, and ``segment`` outputs. Synchronous, per stream, incremental.
+
+:class:`Labeler` picks a label from one output's scores (heads use it). :class:`Smoother`
+takes a stream's outputs in order (normally ``frame`` outputs, one step of
+``frame_duration`` seconds apart) and returns them relabelled, plus a ``segment`` output
+each time a run of one label ends. It handles one output at a time, so the result does not
+depend on how the outputs were grouped into calls: streaming equals offline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from streamer.frames import Output
+
+#: Slack when comparing durations built from float pts against ``min_on``/``min_off``.
+EPS = 1e-9
+
+
+def argmax_label(scores: Mapping[str, float]) -> str:
+    """The highest-scoring label (the first of equal ones, in the mapping's order)."""
+    if not scores:
+        raise ValueError("cannot pick a label from empty scores")
+    best, best_score = "", float("-inf")
+    for label, score in scores.items():
+        if not best or score > best_score:
+            best, best_score = label, score
+    return best
+
+
+class Labeler:
+    """Picks one label from ``scores`` (label -> float).
+
+    Without ``thresholds``: argmax (ties: the first label). With ``thresholds``: a label is
+    *on* when its score >= its threshold (labels without a threshold are never on); the
+    chosen label is the highest-scoring label that is on, else ``default`` (the first
+    label unless given).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        thresholds: Mapping[str, float] | None = None,
+        default: str | None = None,
+    ) -> None:
+        if not labels:
+            raise ValueError("Labeler needs at least one label")
+        self.labels = list(labels)
+        self.thresholds = dict(thresholds or {})
+        unknown = sorted(set(self.thresholds) - set(self.labels))
+        if unknown:
+            raise ValueError(f"thresholds name unknown labels {unknown}; labels are {self.labels}")
+        if default is not None and default not in self.labels:
+            raise ValueError(f"default label {default!r} is not one of {self.labels}")
+        self.default = default if default is not None else self.labels[0]
+
+    def __call__(self, scores: Mapping[str, float]) -> str:
+        if not self.thresholds:
+            return argmax_label({label: scores[label] for label in self.labels})
+        on = {
+            label: scores[label]
+            for label in self.labels
+            if label in self.thresholds and scores[label] >= self.thresholds[label]
+        }
+        return argmax_label(on) if on else self.default
+
+
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """The current segment: a run of outputs with one (confirmed) label."""
+
+    label: str
+    first: Output
+    last: Output
+    sums: dict[str, float]
+    count: int
+
+
+class Smoother:
+    """Hysteresis, minimum durations and segments over one stream's outputs.
+
+    The *raw* label of an output is its own ``label`` (as its head chose it; argmax of its
+    scores if None), or, with ``on`` set, hysteresis on the ``target`` label's score: the
+    target turns on when its score >= ``on`` and stays on while it is >= ``off``
+    (``off <= on``; default ``off = on``); otherwise the label is ``default``. ``target``
+    defaults to the one label that is not ``default`` when the outputs have two.
+
+    The *confirmed* label starts as ``default``. A run of outputs whose raw label differs
+    from it becomes confirmed once it has lasted ``min_off`` seconds (a change to
+    ``default``) or ``min_on`` seconds (a change to any other label), measured as
+    ``last.pts - first.pts + frame_duration``; a shorter run takes the confirmed label.
+    Outputs are returned relabelled only once their label is decided, so minimum durations
+    **delay** outputs: an output waits up to ``max(min_on, min_off) - frame_duration``
+    seconds of media for its run to be decided (no delay when both are 0).
+
+    A ``segment`` output is returned when a confirmed run ends (a new label is confirmed),
+    at :meth:`gap` and at :meth:`end`: ``start``/``end`` the run's frame indices, ``t0`` the
+    first output's pts, ``t1`` the last output's pts + ``frame_duration``, ``pts`` and
+    ``captured`` those of the last output, ``scores`` the mean of the outputs' scores.
+    With ``segment_labels``, only runs of those labels make segments. A segment comes
+    before the first output of the next run; it is returned ``max(min_on, min_off)`` after
+    its last frame at most.
+    """
+
+    def __init__(
+        self,
+        default: str,
+        *,
+        frame_duration: float,
+        target: str | None = None,
+        on: float | None = None,
+        off: float | None = None,
+        min_on: float = 0.0,
+        min_off: float = 0.0,
+        segment_labels: Collection[str] | None = None,
+        emit_frames: bool = True,
+        emit_segments: bool = True,
+    ) -> None:
+        if frame_duration <= 0:
+            raise ValueError(f"frame_duration must be > 0 seconds, not {frame_duration}")
+        if min_on < 0 or min_off < 0:
+            raise ValueError(f"min_on and min_off must be >= 0 seconds, got {min_on}, {min_off}")
+        if on is None and off is not None:
+            raise ValueError("hysteresis: 'off' needs 'on'")
+        if on is not None and off is not None and off > on:
+            raise ValueError(f"hysteresis: off ({off}) must be <= on ({on})")
+        if target is not None and target == default:
+            raise ValueError(f"hysteresis target {target!r} cannot be the default label")
+        self.default = default
+        self.frame_duration = frame_duration
+        self.target = target
+        self.on = on
+        self.off = on if off is None else off
+        self.min_on = min_on
+        self.min_off = min_off
+        self.segment_labels = None if segment_labels is None else frozenset(segment_labels)
+        self.emit_frames = emit_frames
+        self.emit_segments = emit_segments
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the start of a stream (nothing pending, ``default`` confirmed)."""
+        self._confirmed = self.default
+        self._active = False  # hysteresis state
+        self._candidate: str | None = None
+        self._pending: list[Output] = []
+        self._run: _Run | None = None
+
+    @property
+    def confirmed(self) -> str:
+        """The label currently confirmed."""
+        return self._confirmed
+
+    def push(self, outputs: Iterable[Output]) -> list[Output]:
+        """Take the next outputs (in stream order); return those now decided, and segments."""
+        out: list[Output] = []
+        for output in outputs:
+            self._one(output, self._raw_label(output), out)
+        return out
+
+    def gap(self) -> list[Output]:
+        """Outputs are missing: decide what is pending, close the segment, start afresh."""
+        return self.end()
+
+    def end(self) -> list[Output]:
+        """The stream (or segment) is over: flush pending outputs and the last segment.
+
+        A pending run that has not lasted its minimum duration takes the confirmed label.
+        """
+        out: list[Output] = []
+        self._flush_pending(out)
+        self._close_run(out)
+        self.reset()
+        return out
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _raw_label(self, output: Output) -> str:
+        if self.on is None:
+            return output.label if output.label is not None else argmax_label(output.scores)
+        target = self.target
+        if target is None:
+            others = [label for label in output.scores if label != self.default]
+            if len(others) != 1:
+                raise ValueError(
+                    f"hysteresis needs a target label; scores have {list(output.scores)}"
+                )
+            target = self.target = others[0]
+        off = self.on if self.off is None else self.off
+        score = output.scores[target]
+        self._active = score >= (off if self._active else self.on)
+        return target if self._active else self.default
+
+    def _one(self, output: Output, raw: str, out: list[Output]) -> None:
+        if self._candidate is not None and raw != self._candidate:
+            self._flush_pending(out)  # the candidate run was too short
+        if raw == self._confirmed:
+            self._emit(output, raw, out)
+            return
+        if self._candidate is None:
+            self._candidate = raw
+        self._pending.append(output)
+        need = self.min_off if raw == self.default else self.min_on
+        lasted = output.pts - self._pending[0].pts + self.frame_duration
+        if lasted >= need - EPS:
+            self._confirmed = raw
+            self._flush_pending(out)
+
+    def _flush_pending(self, out: list[Output]) -> None:
+        for output in self._pending:
+            self._emit(output, self._confirmed, out)
+        self._pending = []
+        self._candidate = None
+
+    def _emit(self, output: Output, label: str, out: list[Output]) -> None:
+        run = self._run
+        if run is not None and run.label != label:
+            self._close_run(out)
+            run = None
+        if run is None:
+            self._run = _Run(label, output, output, dict.fromkeys(output.scores, 0.0), 0)
+            run = self._run
+        run.last = output
+        run.count += 1
+        for key, value in output.scores.items():
+            run.sums[key] = run.sums.get(key, 0.0) + float(value)
+        if self.emit_frames:
+            out.append(
+                output if output.label == label else dataclasses.replace(output, label=label)
+            )
+
+    def _close_run(self, out: list[Output]) -> None:
+        run, self._run = self._run, None
+        if run is None or not self.emit_segments:
+            return
+        if self.segment_labels is not None and run.label not in self.segment_labels:
+            return
+        out.append(
+            Output(
+                stream=run.last.stream,
+                kind="segment",
+                start=run.first.start,
+                end=run.last.end,
+                pts=run.last.pts,
+                label=run.label,
+                scores={key: total / run.count for key, total in run.sums.items()},
+                captured=run.last.captured,
+                t0=run.first.pts,
+                t1=run.last.pts + self.frame_duration,
+            )
+        )

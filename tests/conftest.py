@@ -1,0 +1,33 @@
+"""Shared fixtures. In CI (CI=true) a missing real component fails instead of skipping."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally, fail in CI, when a real component the test needs is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required component missing in CI: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"the '{name}' program")
+    assert path is not None
+    return path
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO

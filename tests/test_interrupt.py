@@ -1,0 +1,185 @@
+"""Ctrl-C and SIGTERM on a running ``streamer run``: a real process, real signals.
+
+The first SIGINT (or SIGTERM) drains: sources stop, queued work finishes, sinks flush and
+close; exit code 0, the summary says ``stopped: interrupted``. A second SIGINT during the
+drain aborts: exit code 130. Either way the JSONL file holds only complete lines, and the
+outputs run from frame 0 without a hole. Every wait has a timeout, so a hang fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from media import (
+    REPO_ROOT,
+    SPEECH_FRAMES,
+    check_outputs,
+    cli_env,
+    read_jsonl,
+    starts,
+    streamer_command,
+    wait_for,
+)
+
+#: Seconds a drained stop may take from the signal to the exit.
+DRAIN_LIMIT = 5.0
+#: Seconds to wait for the first outputs (process start-up included).
+START_LIMIT = 30.0
+
+
+@dataclass
+class Running:
+    """A ``streamer`` process whose stdout and stderr go to files."""
+
+    proc: subprocess.Popen[bytes]
+    out: Path
+    stdout: Path
+    stderr: Path
+
+    def lines_written(self) -> int:
+        """Complete lines in the JSONL file so far."""
+        try:
+            return self.out.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    def stderr_text(self) -> str:
+        return self.stderr.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_lines(self, count: int) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"streamer exited early (code {self.proc.returncode}):\n{self.stderr_text()}"
+                )
+            return self.lines_written() >= count
+
+        wait_for(ready, START_LIMIT, f"{count} lines in {self.out}")
+
+    def finish(self, limit: float) -> tuple[int, float]:
+        """Wait for the exit; the exit code and how long it took."""
+        began = time.monotonic()
+        try:
+            code = self.proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"streamer did not exit within {limit} s of the signal:\n{self.stderr_text()}"
+            ) from None
+        return code, time.monotonic() - began
+
+    def describe(self) -> str:
+        return f"exit code {self.proc.returncode}\n--- stderr ---\n{self.stderr_text()[-5000:]}"
+
+
+Launcher = Callable[..., Running]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Launcher]:
+    """``start(args...)`` runs ``streamer run ARGS --out OUT``; killed at teardown if alive."""
+    running: list[Running] = []
+
+    def launch(*args: str | os.PathLike[str]) -> Running:
+        n = len(running)
+        out = tmp_path / f"out{n}.jsonl"
+        stdout, stderr = tmp_path / f"stdout{n}.txt", tmp_path / f"stderr{n}.txt"
+        command: Sequence[str] = [
+            *streamer_command(),
+            "run",
+            *(str(a) for a in args),
+            "--out",
+            str(out),
+        ]
+        with stdout.open("wb") as out_file, stderr.open("wb") as err_file:
+            proc = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env=cli_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out_file,
+                stderr=err_file,
+            )
+        run = Running(proc, out, stdout, stderr)
+        running.append(run)
+        return run
+
+    yield launch
+    for run in running:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait(timeout=10)
+
+
+def check_file(out: Path) -> list[dict[str, object]]:
+    """Every line parses (no half line); outputs contiguous from frame 0."""
+    records = read_jsonl(out)
+    check_outputs(records)
+    assert records, f"{out} is empty"
+    assert starts(records) == list(range(len(records)))
+    return records
+
+
+def check_drained(
+    run: Running, signal_name: str, code: int, took: float
+) -> list[dict[str, object]]:
+    assert code == 0, run.describe()
+    assert took < DRAIN_LIMIT, f"draining took {took:.1f} s\n{run.describe()}"
+    stderr = run.stderr_text()
+    assert "Traceback" not in stderr and "streamer: error" not in stderr, run.describe()
+    assert f"{signal_name}: draining" in stderr, run.describe()
+    assert "stopped: interrupted" in stderr, run.describe()
+    return check_file(run.out)
+
+
+def test_sigint_drains_and_exits_0(start: Launcher, tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.json"
+    run = start("--source", "recordings/speech_en", "--pace", "realtime", "--metrics", metrics)
+    run.wait_for_lines(10)
+    run.proc.send_signal(signal.SIGINT)
+    code, took = run.finish(DRAIN_LIMIT * 2)
+    records = check_drained(run, "SIGINT", code, took)
+    assert len(records) < SPEECH_FRAMES  # it stopped early: 10 s of media at real time
+    assert {r["stream"] for r in records} == {"speech_en"}
+    summary = json.loads(metrics.read_text(encoding="utf-8"))
+    assert summary["stopped"] == "interrupted"
+    # Queued work finished: every frame that entered came out and was written.
+    assert summary["frames_in"] == summary["outputs"] == len(records)
+    # Console lines went to stdout, complete ones.
+    printed = run.stdout.read_text(encoding="utf-8").splitlines()
+    assert len(printed) == len(records)
+    assert all(line.startswith("[speech_en]") for line in printed)
+
+
+def test_sigterm_drains_like_sigint(start: Launcher) -> None:
+    # synthetic:tone never ends by itself: only the signal stops it.
+    run = start("--source", "synthetic:tone", "--pace", "realtime", "-q")
+    run.wait_for_lines(10)
+    run.proc.send_signal(signal.SIGTERM)
+    code, took = run.finish(DRAIN_LIMIT * 2)
+    records = check_drained(run, "SIGTERM", code, took)
+    assert {r["label"] for r in records} == {"sound"}
+    assert f"frames in {len(records)}, outputs {len(records)}" in run.stderr_text()
+
+
+def test_second_sigint_aborts_with_130(start: Launcher) -> None:
+    # Offline mode on a source that outruns the JSONL sink: big queues fill up, so the
+    # drain after the first SIGINT has hundreds of outputs to write; the second one aborts.
+    run = start("--source", "synthetic:tone", "--mode", "offline", "-q")
+    run.wait_for_lines(500)
+    run.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "draining" in run.stderr_text(), 10.0, "the drain message")
+    run.proc.send_signal(signal.SIGINT)
+    code, _ = run.finish(DRAIN_LIMIT * 2)
+    assert code == 130, run.describe()
+    stderr = run.stderr_text()
+    assert "Traceback" not in stderr, run.describe()
+    assert "aborted" in stderr, run.describe()
+    check_file(run.out)
