@@ -1,0 +1,51 @@
+# Two commands do all the set-up on a fresh Debian 12 machine with Python 3.11 (as root):
+#   make demo   - create .venv, install everything, run the default pipeline on a recording
+#   make test   - the same set-up plus the system packages the tests need, then lint + tests
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg
+
+.PHONY: demo test lint typecheck pytest system-deps venv clean
+
+demo: system-deps $(STAMP)
+	@mkdir -p out
+	$(BIN)/streamer run pipelines/speech_energy.toml --out out/demo.jsonl --metrics out/demo-metrics.json
+	@echo "outputs: out/demo.jsonl  metrics: out/demo-metrics.json"
+
+test: system-deps $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamer tests scripts benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test,onnx]'
+	touch $(STAMP)
+
+# Installs only what is missing, so it is quick (and needs no root) once done.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
