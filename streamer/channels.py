@@ -104,6 +104,16 @@ class Channel(Generic[T]):
             self._not_empty.clear()
             await self._not_empty.wait()
 
+    def take_ready(self, limit: int | None = None) -> list[T]:
+        """Everything already buffered (at most ``limit`` items), without waiting."""
+        items: list[T] = []
+        while limit is None or len(items) < limit:
+            item = self._take()
+            if item is None:
+                break
+            items.append(item)
+        return items
+
     def __aiter__(self) -> Channel[T]:
         return self
 

@@ -36,11 +36,55 @@ class SourceConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """``[model]``: what labels the frames (until real models: a built-in thresholder)."""
+    """``[model]``: what labels the frames.
 
+    ``factory`` (``module:function``) and/or ``path`` (TorchScript ``.pt``, ``.onnx``, or a
+    state dict for the factory's module) name a stateful model; without either, the
+    built-in thresholder (``builtin``, ``threshold``) labels frames.
+    """
+
+    factory: str | None = None
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
     builtin: Literal["energy", "brightness", "auto"] = "auto"
     threshold: float | None = None
-    labels: tuple[str, str] | None = None
+    labels: list[str] | None = None
+    features: Literal["raw", "logmel", "pixels"] = "raw"
+    feature_options: dict[str, Any] = Field(default_factory=dict)
+    head: Literal["frame", "window", "sequence", "generate"] = "frame"
+    window: Annotated[int, Field(ge=1)] | None = None
+    hop: Annotated[int, Field(ge=1)] | None = None
+    reduce: Literal["mean", "max", "last"] = "mean"
+    partial: bool = False
+    activation: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
+    thresholds: dict[str, float] | None = None
+    smoothing: dict[str, Any] | None = None
+    lookahead: Annotated[int, Field(ge=0)] = 0
+    chunk: Annotated[int, Field(ge=1)] = 1
+    offline_chunk: Annotated[int, Field(ge=0)] = 0
+    on_gap: Literal["reset", "keep"] = "reset"
+    on_invalid: Literal["drop", "error"] = "drop"
+    max_batch: Annotated[int, Field(ge=1)] = 64
+    ttl: Annotated[float, Field(gt=0)] | None = None
+    threads: Annotated[int, Field(ge=1)] | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_len: Annotated[int, Field(ge=1)] = 16
+    end_token: str | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.factory is None and self.path is None
+
+    @model_validator(mode="after")
+    def _labels(self) -> ModelConfig:
+        if self.is_builtin:
+            if self.labels is not None and len(self.labels) != 2:
+                raise ValueError("labels: the built-in thresholder takes two labels")
+        elif not self.labels:
+            raise ValueError("labels: a model needs its output labels (labels = [...])")
+        if self.head == "window" and self.window is None:
+            raise ValueError("window: head = 'window' needs window = W (frames)")
+        return self
 
 
 class RunConfig(_Section):

@@ -1,0 +1,1 @@
+"""Ready pipelines: TOML files and the model factories they name."""

@@ -1,0 +1,456 @@
+"""The stateful model stage: features -> model (state per stream) -> head -> labels.
+
+Per stream it keeps a feature front-end, a head, optional smoothing, and (in the model's
+:class:`~streamer.models.StateStore`) the hidden state, fresh at stream start, reset or kept
+on a gap. Model calls run on the stage's own worker thread; chunks of several streams that
+are ready together go in one batched call (:func:`~streamer.models.step_batch`).
+
+Modes:
+
+- ``realtime``: every frame that arrives is stepped at once and its output emitted; frames
+  dropped upstream arrive as gaps.
+- ``online``: lossless; a stream is stepped once ``chunk`` steps are pending.
+- ``offline``: a stream's steps are collected to its end (or a resetting gap) and run in
+  one ``forward`` (bidirectional models allowed), or in ``offline_chunk``-step pieces for
+  very long causal inputs, which gives the same result.
+
+Lookahead ``L``: the model's output at step ``s`` belongs to step ``s - L`` (a model trained
+with an ``L``-step delay), so the output for frame ``t`` is emitted once frame ``t + L`` has
+been stepped: a fixed, declared delay. At the end of a stream (and before a resetting
+gap) ``L`` zero steps flush the last outputs. Offline runs align the same way, so for a
+causal model streaming and offline outputs are equal for any chunking and lookahead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from streamer.channels import Channel
+from streamer.clock import Clock, RealClock
+from streamer.errors import InputError
+from streamer.features import Features, Step, make_features
+from streamer.frames import Frame, Gap, Media, Output, StreamEnd, StreamStart
+from streamer.heads import GenerateHead, Head, make_head
+from streamer.models import State, StatefulModel, StateStore, step_batch
+from streamer.postprocess import Labeler, Smoother
+from streamer.worker import Worker
+
+Mode = Literal["realtime", "online", "offline"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What the stage does around the model (the ``[model]`` keys besides the model)."""
+
+    labels: tuple[str, ...]
+    features: str = "raw"
+    feature_options: dict[str, Any] = field(default_factory=dict)
+    head: str = "frame"
+    head_options: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict[str, float] | None = None
+    smoothing: dict[str, Any] | None = None
+    lookahead: int = 0
+    chunk: int = 1
+    offline_chunk: int = 0
+    on_gap: Literal["reset", "keep"] = "reset"
+    on_invalid: Literal["drop", "error"] = "drop"
+    max_batch: int = 64
+    ttl: float | None = None
+    max_len: int = 16
+    end_token: str | None = None
+
+
+@dataclass
+class _Stream:
+    """One stream's working set."""
+
+    media: Media
+    features: Features
+    head: Head | None
+    generator: GenerateHead[State] | None
+    smoother: Smoother | None
+    pending_x: list[Tensor] = field(default_factory=list)
+    pending_steps: list[Step] = field(default_factory=list)
+    waiting: deque[Step] = field(default_factory=deque)
+    skip: int = 0
+    last_index: int = -1
+
+    @property
+    def pending(self) -> int:
+        return len(self.pending_steps)
+
+
+class ModelStage:
+    """Runs a :class:`~streamer.models.StatefulModel` over every stream of its inbox."""
+
+    def __init__(
+        self,
+        model: StatefulModel,
+        settings: ModelSettings,
+        mode: Mode = "online",
+        clock: Clock | None = None,
+        name: str = "model",
+        source_info: dict[str, Any] | None = None,
+    ) -> None:
+        if not model.causal and mode != "offline":
+            raise InputError(
+                f"stage '{name}': the model is not causal (bidirectional); it runs only in "
+                f"offline mode, not {mode}"
+            )
+        if settings.lookahead < 0 or settings.chunk < 1:
+            raise InputError(f"stage '{name}': lookahead must be >= 0 and chunk >= 1")
+        if settings.head == "generate" and settings.lookahead:
+            raise InputError(f"stage '{name}': the generate head takes no lookahead")
+        self.name = name
+        self.model = model
+        self.settings = settings
+        self.mode = mode
+        self.clock = clock or RealClock()
+        self.source_info = dict(source_info or {})
+        self.store = StateStore(model, ttl=settings.ttl)
+        self.worker = Worker(f"model-{name}", self.clock)
+        self._streams: dict[str, _Stream] = {}
+        self._checked = False
+
+    # -- the loop ----------------------------------------------------------------------
+    async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
+        try:
+            async for first in inbox:
+                await self._process([first, *inbox.take_ready()], outbox)
+        finally:
+            self.worker.close()
+
+    async def _process(self, items: list[Any], outbox: Channel[Any]) -> None:
+        for item in items:
+            if isinstance(item, Frame):
+                await self._frame(item, outbox)
+                continue
+            if isinstance(item, StreamStart):
+                self._start(item.stream, item.media, item.rate, item.meta)
+            elif isinstance(item, Gap):
+                await self._step_ready(outbox, force=True)
+                await self._gap(item.stream, outbox)
+            elif isinstance(item, StreamEnd):
+                await self._step_ready(outbox, force=True)
+                await self._end(item.stream, outbox)
+            await outbox.send(item)
+        await self._step_ready(outbox, force=False)
+
+    # -- stream events -----------------------------------------------------------------
+    def _start(self, stream: str, media: Media, rate: float, meta: dict[str, Any]) -> _Stream:
+        info = {**self.source_info, **meta}
+        s = self.settings
+        channels = info.get("channels")
+        chunk = info.get("chunk")
+        features = make_features(
+            s.features,
+            media=media,
+            rate=rate,
+            chunk=chunk if media == "audio" else None,
+            channels=channels if media == "audio" else None,
+            size=info.get("size") if media == "video" else None,
+            **s.feature_options,
+        )
+        head: Head | None = None
+        generator: GenerateHead[State] | None = None
+        labeler = Labeler(s.labels, s.thresholds) if s.thresholds else None
+        if s.head == "generate":
+            generator = GenerateHead(
+                stream,
+                s.labels,
+                self._decode_step,
+                max_len=s.max_len,
+                end_token=s.end_token,
+            )
+        else:
+            options = dict(s.head_options)
+            if labeler is not None:
+                options["labeler"] = labeler
+            head = make_head(s.head, stream=stream, labels=s.labels, **options)  # type: ignore[assignment]
+        smoother = None
+        if s.smoothing:
+            duration = features.step_duration or (1.0 / rate if rate else 0.01)
+            options = dict(s.smoothing)
+            default = options.pop("default", s.labels[0])
+            try:
+                smoother = Smoother(default, frame_duration=duration, **options)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"[model.smoothing]: {exc}") from None
+        ctx = _Stream(media, features, head, generator, smoother, skip=s.lookahead)
+        self._streams[stream] = ctx
+        self.store.start(stream, self.clock.now())
+        return ctx
+
+    def _ctx(self, frame: Frame) -> _Stream:
+        ctx = self._streams.get(frame.stream)
+        if ctx is None:  # a stream whose start marker we never saw
+            ctx = self._start(frame.stream, frame.media, frame.rate, {})
+        return ctx
+
+    async def _frame(self, frame: Frame, outbox: Channel[Any]) -> None:
+        ctx = self._ctx(frame)
+        if not _finite(frame.data):
+            if self.settings.on_invalid == "error":
+                raise InputError(
+                    f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} "
+                    "holds NaN or Inf"
+                )
+            await self._step_ready(outbox, force=True)
+            gap = Gap(frame.stream, frame.index, 1, frame.pts, "invalid")
+            await self._gap(frame.stream, outbox)
+            await outbox.send(gap)
+            return
+        x, steps = ctx.features.push_frame(frame)
+        if not self._checked:
+            self._checked = True
+            self.check_input(x[:1] if x.shape[0] else None, ctx.features)
+        if x.shape[0]:
+            ctx.pending_x.append(x)
+            ctx.pending_steps.extend(steps)
+        ctx.last_index = frame.index
+
+    async def _gap(self, stream: str, outbox: Channel[Any]) -> None:
+        ctx = self._streams.get(stream)
+        if ctx is None:
+            return
+        reset = self.settings.on_gap == "reset"
+        if self.mode == "offline" and reset:
+            await self._run_offline(stream, ctx, outbox)
+        if reset:
+            await self._flush_lookahead(stream, ctx, outbox)
+            self.store.reset(stream)
+            ctx.skip = self.settings.lookahead
+        ctx.features.gap()
+        outputs = ctx.head.gap() if ctx.head is not None else []
+        await self._emit(ctx, outputs, outbox, closing="gap")
+
+    async def _end(self, stream: str, outbox: Channel[Any]) -> None:
+        ctx = self._streams.pop(stream, None)
+        if ctx is None:
+            return
+        if self.mode == "offline":
+            await self._run_offline(stream, ctx, outbox)
+        await self._flush_lookahead(stream, ctx, outbox)
+        outputs = ctx.head.end() if ctx.head is not None else []
+        await self._emit(ctx, outputs, outbox, closing="end")
+        self.store.end(stream)
+        for idle in self.store.evict_idle(self.clock.now()):
+            self._streams.pop(idle, None)
+
+    # -- model calls -------------------------------------------------------------------
+    async def _step_ready(self, outbox: Channel[Any], force: bool) -> None:
+        """Step every stream with enough pending steps (any pending with ``force``)."""
+        if self.mode == "offline":
+            return
+        need = 1 if (force or self.mode == "realtime") else self.settings.chunk
+        ready = {s: c for s, c in self._streams.items() if c.pending >= need}
+        if not ready:
+            return
+        chunks = {s: torch.cat(c.pending_x) for s, c in ready.items()}
+        steps = {s: c.pending_steps for s, c in ready.items()}
+        for c in ready.values():
+            c.pending_x, c.pending_steps = [], []
+        ys = await self.worker.call(
+            step_batch,
+            self.model,
+            self.store,
+            chunks,
+            self.clock.now(),
+            max_batch=self.settings.max_batch,
+        )
+        for stream, y in ys.items():
+            await self._deliver(stream, ready[stream], y, steps[stream], outbox)
+
+    async def _run_offline(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
+        """The whole collected sequence in one forward (or long causal pieces)."""
+        if not ctx.pending_x:
+            return
+        x = torch.cat(ctx.pending_x)
+        steps = ctx.pending_steps
+        ctx.pending_x, ctx.pending_steps = [], []
+        lookahead = self.settings.lookahead
+        if lookahead:
+            x = torch.cat([x, x.new_zeros((lookahead, *x.shape[1:]))])
+        piece = self.settings.offline_chunk
+        if piece and self.model.causal and x.shape[0] > piece:
+            parts = []
+            for begin in range(0, x.shape[0], piece):
+                part = {stream: x[begin : begin + piece]}
+                out = await self.worker.call(
+                    step_batch, self.model, self.store, part, self.clock.now()
+                )
+                parts.append(out[stream])
+            y = torch.cat(parts)
+        else:
+            y = (await self.worker.call(self.model.forward, x.unsqueeze(0)))[0]
+        ctx.skip = 0
+        await self._deliver(stream, ctx, y[lookahead:], steps, outbox)
+        ctx.skip = lookahead
+
+    async def _flush_lookahead(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
+        """Step ``L`` zero steps so the last ``L`` steps get their outputs."""
+        if not ctx.waiting or self.mode == "offline":
+            ctx.waiting.clear()
+            return
+        shape = ctx.features.shape
+        if shape is None:
+            return
+        pad = torch.zeros((self.settings.lookahead, *shape))
+        ys = await self.worker.call(
+            step_batch, self.model, self.store, {stream: pad}, self.clock.now()
+        )
+        await self._deliver(stream, ctx, ys[stream], [], outbox)
+
+    async def _deliver(
+        self, stream: str, ctx: _Stream, y: Tensor, steps: list[Step], outbox: Channel[Any]
+    ) -> None:
+        """Pair output rows with their steps (lookahead shift) and run the head."""
+        ctx.waiting.extend(steps)
+        rows: list[Tensor] = []
+        paired: list[Step] = []
+        for row in y:
+            if ctx.skip:
+                ctx.skip -= 1
+                continue
+            if not ctx.waiting:
+                break
+            paired.append(ctx.waiting.popleft())
+            rows.append(row)
+        if not rows:
+            return
+        y_paired = torch.stack(rows)
+        if ctx.generator is not None:
+            await self._generate(stream, ctx, y_paired, paired, outbox)
+            return
+        assert ctx.head is not None
+        await self._emit(ctx, ctx.head.push(y_paired, paired), outbox)
+
+    async def _emit(
+        self,
+        ctx: _Stream,
+        outputs: list[Output],
+        outbox: Channel[Any],
+        closing: str | None = None,
+    ) -> None:
+        if ctx.smoother is not None:
+            outputs = ctx.smoother.push(outputs)
+            if closing == "gap":
+                outputs += ctx.smoother.gap()
+            elif closing == "end":
+                outputs += ctx.smoother.end()
+        for output in outputs:
+            await outbox.send(output)
+
+    # -- one-to-many -------------------------------------------------------------------
+    async def _generate(
+        self, stream: str, ctx: _Stream, y: Tensor, steps: list[Step], outbox: Channel[Any]
+    ) -> None:
+        """Per step: decode greedily from its output, sending each token as it comes.
+
+        Decoding starts from the stream's state after the step and does not change it:
+        the next input continues from where the input left the stream.
+        """
+        assert ctx.generator is not None
+        for row, step in zip(y, [*steps], strict=True):
+            state = self.store.get(stream)
+            tokens = ctx.generator.generate(row, state, [step])
+            while True:
+                output = await self.worker.call(_next_or_none, tokens)
+                if output is None:
+                    break
+                await outbox.send(output)
+
+    def _decode_step(self, inp: Tensor | int, state: State) -> tuple[Tensor, State]:
+        """First call: the step's own output; then feed the previous token back in."""
+        if isinstance(inp, Tensor):
+            return inp, state
+        x = self.embed_token(inp).reshape(1, 1, -1)
+        y, state = self.model.step(x, state)
+        return y[0, -1], state
+
+    def embed_token(self, token: int) -> Tensor:
+        """The model's ``embed_token(id)`` if it has one, else a one-hot vector ``[F]``."""
+        for owner in (self.model, getattr(self.model, "module", None)):
+            embed = getattr(owner, "embed_token", None)
+            if callable(embed):
+                return torch.as_tensor(embed(token), dtype=torch.float32)
+        shape = self.model.input_shape
+        size = math.prod(shape) if shape else len(self.settings.labels)
+        one_hot = torch.zeros(size)
+        one_hot[token] = 1.0
+        return one_hot
+
+    # -- checks ------------------------------------------------------------------------
+    def check_input(self, x: Tensor | None, features: Features) -> None:
+        """A dry step on one step's features; a mismatch names the stage and both shapes."""
+        if x is None:
+            return
+        sample = x.unsqueeze(0)  # [1, 1, F...]
+        expected = self.model.input_shape
+        try:
+            if self.model.causal:
+                y, _ = self.model.step(sample, self.model.initial_state(1))
+            else:
+                y = self.model.forward(sample)
+        except Exception as exc:
+            want = f"{list(expected)}" if expected is not None else "a different shape"
+            raise InputError(
+                f"stage '{self.name}': the model does not fit the source's "
+                f"'{self.settings.features}' features: they are {list(sample.shape)} "
+                f"[B, T, F...], the model takes {want} per step ({_first_line(exc)})"
+            ) from None
+        self._check_output(y)
+
+    def _check_output(self, y: Tensor) -> None:
+        if y.ndim != 3:
+            raise InputError(
+                f"stage '{self.name}': the model's output must be [B, T, K], got {list(y.shape)}"
+            )
+        k, labels = int(y.shape[-1]), len(self.settings.labels)
+        if self.settings.head != "generate" and k != labels and not (k == 1 and labels == 2):
+            raise InputError(
+                f"stage '{self.name}': the model gives {k} scores per step but [model] labels "
+                f"has {labels} ({list(self.settings.labels)})"
+            )
+
+
+def dry_check(stage: ModelStage, frame: Frame) -> None:
+    """Refuse a model that does not fit ``frame`` (a zero frame shaped like the source's)."""
+    probe = stage._start(f"\0probe:{frame.stream}", frame.media, frame.rate, {})
+    try:
+        x, _ = probe.features.push_frame(frame)
+        stage.check_input(x[:1] if x.shape[0] else None, probe.features)
+        stage._checked = x.shape[0] > 0
+    finally:
+        stage._streams.pop(f"\0probe:{frame.stream}", None)
+        stage.store.end(f"\0probe:{frame.stream}")
+
+
+def _next_or_none(tokens: Iterator[Output]) -> Output | None:
+    return next(tokens, None)
+
+
+def _finite(data: Any) -> bool:
+    if isinstance(data, Tensor):
+        return bool(torch.isfinite(data).all())
+    try:
+        import numpy as np
+
+        array = np.asarray(data)
+        if array.dtype.kind != "f":
+            return True
+        return bool(np.isfinite(array).all())
+    except (TypeError, ValueError):
+        return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
