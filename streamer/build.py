@@ -85,8 +85,11 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         stream=src.stream,
     )
     source = open_source(src.uri, options, clock)
-    stages: list[Stage] = [_model_stage(config, source, clock)]
+    stage = _model_stage(config, source, clock)
+    stages: list[Stage] = [stage]
     metrics = Metrics(clock, mode=mode)
+    if isinstance(stage, ModelStage):
+        metrics.reporters.append(stage.report)
     sinks: list[Sink] = []
     for sink_config in config.sinks:
         if isinstance(sink_config, ConsoleSinkConfig):

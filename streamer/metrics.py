@@ -32,6 +32,7 @@ class Metrics:
     channels: list[Channel[Any]] = field(default_factory=list)
     listeners: list[Callable[[Metrics], None]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    reporters: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     frames_in: int = 0
     outputs: int = 0
     started: float | None = None
@@ -118,6 +119,7 @@ class Metrics:
                 for name, c in self.streams.items()
             },
             **self.extra,
+            **{k: v for reporter in self.reporters for k, v in reporter().items()},
         }
 
 
@@ -160,6 +162,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                 **latency
             )
         )
+    if summary.get("model_calls") is not None:
+        mean_batch = summary.get("mean_batch")
+        line = f"model calls {summary['model_calls']}, mean batch {_fmt(mean_batch)}"
+        if summary.get("lookahead_frames"):
+            seconds = summary.get("lookahead_s")
+            delay = "" if seconds is None else f" = {seconds * 1000:.0f} ms"
+            line += f", declared lookahead delay {summary['lookahead_frames']} steps{delay}"
+        lines.append(line)
     for name, edge in summary["edges"].items():
         if edge["dropped"]:
             lines.append(f"edge {name} ({edge['policy']}): dropped {edge['dropped']}")

@@ -118,6 +118,19 @@ class ModelStage:
         self.worker = Worker(f"model-{name}", self.clock)
         self._streams: dict[str, _Stream] = {}
         self._checked = False
+        self._calls = 0
+        self._batched_chunks = 0
+        self._step_duration: float | None = None
+
+    def report(self) -> dict[str, Any]:
+        """Figures for the run summary: the declared delay and how batching went."""
+        lookahead = self.settings.lookahead
+        return {
+            "lookahead_frames": lookahead,
+            "lookahead_s": None if self._step_duration is None else lookahead * self._step_duration,
+            "model_calls": self._calls,
+            "mean_batch": self._batched_chunks / self._calls if self._calls else None,
+        }
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
@@ -183,6 +196,8 @@ class ModelStage:
                 smoother = Smoother(default, frame_duration=duration, **options)
             except (TypeError, ValueError) as exc:
                 raise InputError(f"[model.smoothing]: {exc}") from None
+        if features.step_duration is not None:
+            self._step_duration = features.step_duration
         ctx = _Stream(media, features, head, generator, smoother, skip=s.lookahead)
         self._streams[stream] = ctx
         self.store.start(stream, self.clock.now())
@@ -257,6 +272,8 @@ class ModelStage:
         steps = {s: c.pending_steps for s, c in ready.items()}
         for c in ready.values():
             c.pending_x, c.pending_steps = [], []
+        self._calls += math.ceil(len(chunks) / self.settings.max_batch)
+        self._batched_chunks += len(chunks)
         ys = await self.worker.call(
             step_batch,
             self.model,
