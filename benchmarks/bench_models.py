@@ -185,19 +185,22 @@ def bench_streaming(model: RNNModel, ticks: int, repeats: int) -> dict[str, Any]
     equal, max_diff = outputs_equal(run_unbatched(model, frames), run_batched(model, frames))
 
     warm = frames[:, : min(ticks, 10)]
-    t_unbatched = best_of(lambda: run_unbatched(model, frames), repeats, warmup=0)
-    t_batched = best_of(lambda: run_batched(model, frames), repeats, warmup=0)
     run_bare_unbatched(model, warm)
-    t_bare_unbatched = best_of(lambda: run_bare_unbatched(model, frames), repeats, warmup=0)
     run_bare_batched(model, warm)
-    t_bare_batched = best_of(lambda: run_bare_batched(model, frames), repeats, warmup=0)
-
-    fps = {
-        "unbatched": n_frames / t_unbatched,
-        "batched": n_frames / t_batched,
-        "bare_unbatched": n_frames / t_bare_unbatched,
-        "bare_batched": n_frames / t_bare_batched,
+    runs: dict[str, Callable[[], object]] = {
+        "unbatched": lambda: run_unbatched(model, frames),
+        "batched": lambda: run_batched(model, frames),
+        "bare_unbatched": lambda: run_bare_unbatched(model, frames),
+        "bare_batched": lambda: run_bare_batched(model, frames),
     }
+    # interleaved, best of ``repeats`` each, so drift in the machine's load hits all alike
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            best[name] = min(best[name], best_of(fn, 1, warmup=0))
+    t_unbatched, t_batched = best["unbatched"], best["batched"]
+    t_bare_unbatched, t_bare_batched = best["bare_unbatched"], best["bare_batched"]
+    fps = {name: n_frames / t for name, t in best.items()}
     return {
         "streams": STREAMS,
         "ticks": ticks,
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 60.0 if args.quick else 600.0
     model = make_model()
 
+    load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
     streaming = bench_streaming(model, ticks, repeats)
     offline = bench_offline(model, seconds, repeats)
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # other load on the machine makes the figures noisy: 1-minute load before and after
+        "loadavg_1m": [load_before, round(os.getloadavg()[0], 2)],
         "model": f"RNNModel(GRU({FEATURES}, {HIDDEN}, num_layers={LAYERS}), "
         f"Linear({HIDDEN}, {OUTPUTS}))",
         "streaming": streaming,

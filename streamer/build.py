@@ -127,6 +127,11 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
     if model.factory is not None and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # factories name modules of the project at hand
     loaded = load_model(model.factory, model.path, factory_kwargs=model.options)
+    if model.device == "cuda":
+        module = getattr(loaded, "module", None)
+        if not isinstance(module, torch.nn.Module):
+            raise InputError("[model] device: 'cuda' works for torch models, not this one")
+        module.to("cuda")  # inputs follow the parameters' device; outputs come back to CPU
     head_options: dict[str, Any] = (
         {"activation": model.activation} if model.head != "generate" else {}
     )
@@ -148,6 +153,7 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         on_gap=model.on_gap,
         on_invalid=model.on_invalid,
         max_batch=model.max_batch,
+        max_wait_ms=model.max_wait_ms,
         ttl=model.ttl,
         max_len=model.max_len,
         end_token=model.end_token,

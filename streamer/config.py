@@ -65,6 +65,7 @@ class ModelConfig(_Section):
     on_gap: Literal["reset", "keep"] = "reset"
     on_invalid: Literal["drop", "error"] = "drop"
     max_batch: Annotated[int, Field(ge=1)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0)] = 0.0
     ttl: Annotated[float, Field(gt=0)] | None = None
     threads: Annotated[int, Field(ge=1)] | None = None
     device: Literal["cpu", "cuda"] = "cpu"

@@ -23,6 +23,7 @@ causal model streaming and offline outputs are equal for any chunking and lookah
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ from streamer.postprocess import Labeler, Smoother
 from streamer.worker import Worker
 
 Mode = Literal["realtime", "online", "offline"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ModelSettings:
     on_gap: Literal["reset", "keep"] = "reset"
     on_invalid: Literal["drop", "error"] = "drop"
     max_batch: int = 64
+    max_wait_ms: float = 0.0
     ttl: float | None = None
     max_len: int = 16
     end_token: str | None = None
@@ -136,9 +139,28 @@ class ModelStage:
     async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
         try:
             async for first in inbox:
-                await self._process([first, *inbox.take_ready()], outbox)
+                items = [first, *inbox.take_ready()]
+                if self.settings.max_wait_ms > 0 and self.mode != "offline":
+                    items += await self._wait_for_more(inbox, items)
+                await self._process(items, outbox)
+                for idle in self.store.evict_idle(self.clock.now()):
+                    self._streams.pop(idle, None)
         finally:
             self.worker.close()
+
+    async def _wait_for_more(self, inbox: Channel[Any], items: list[Any]) -> list[Any]:
+        """Give other streams up to ``max_wait_ms`` to make the batch fuller."""
+        deadline = self.clock.now() + self.settings.max_wait_ms / 1000.0
+        more: list[Any] = []
+        streams = {i.stream for i in items if isinstance(i, Frame)}
+        while len(streams) < self.settings.max_batch and self.clock.now() < deadline:
+            await self.clock.sleep(min(0.001, deadline - self.clock.now()))
+            fresh = inbox.take_ready()
+            if not fresh and inbox.closed:
+                break
+            more += fresh
+            streams.update(i.stream for i in fresh if isinstance(i, Frame))
+        return more
 
     async def _process(self, items: list[Any], outbox: Channel[Any]) -> None:
         for item in items:
@@ -217,6 +239,12 @@ class ModelStage:
                     f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} "
                     "holds NaN or Inf"
                 )
+            log.warning(
+                "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
+                self.name,
+                frame.stream,
+                frame.index,
+            )
             await self._step_ready(outbox, force=True)
             gap = Gap(frame.stream, frame.index, 1, frame.pts, "invalid")
             await self._gap(frame.stream, outbox)
@@ -256,8 +284,6 @@ class ModelStage:
         outputs = ctx.head.end() if ctx.head is not None else []
         await self._emit(ctx, outputs, outbox, closing="end")
         self.store.end(stream)
-        for idle in self.store.evict_idle(self.clock.now()):
-            self._streams.pop(idle, None)
 
     # -- model calls -------------------------------------------------------------------
     async def _step_ready(self, outbox: Channel[Any], force: bool) -> None:
@@ -330,6 +356,7 @@ class ModelStage:
     ) -> None:
         """Pair output rows with their steps (lookahead shift) and run the head."""
         ctx.waiting.extend(steps)
+        y = y.detach().cpu()
         rows: list[Tensor] = []
         paired: list[Step] = []
         for row in y:
