@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from streamer.clock import Clock
 from streamer.errors import InputError
 from streamer.frames import Frame, Item, StreamEnd, StreamStart
 from streamer.sources import check_readable_file, one_line
-from streamer.sources.base import Pacer, SourceOptions
+from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 from streamer.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ PROBE_SAMPLES = 4096
 _WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-class AudioFileSource:
+class AudioFileSource(GeneratorSource):
     """Frames of ``options.chunk`` samples from an audio file, read on a worker thread.
 
     Frame ``i``: ``data`` ``[chunk, C]`` float32 in [-1, 1], ``rate`` the delivered sample
@@ -102,23 +101,6 @@ class AudioFileSource:
         self._file: sf.SoundFile | None = None
         self._resampler: Any = None
         self._read_in_pass = 0
-        self._gen: AsyncGenerator[Item, None] | None = None
-        self._closed = False
-        self._shut = False
-
-    def __aiter__(self) -> AsyncIterator[Item]:
-        if self._gen is None:
-            self._gen = self._items()
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Stop iterating and close the file (after any read in flight)."""
-        self._closed = True
-        if self._gen is not None:
-            # RuntimeError: the generator is running in another task; it stops at its next read.
-            with contextlib.suppress(RuntimeError):
-                await self._gen.aclose()
-        await self._shutdown()
 
     async def _items(self) -> AsyncGenerator[Item, None]:
         try:
@@ -160,15 +142,6 @@ class AudioFileSource:
         pts = index * self.chunk / self.rate
         captured = await self._pacer.wait(pts)
         return Frame(self.stream, index, pts, captured, data, self.rate)
-
-    async def _shutdown(self) -> None:
-        if self._shut:
-            return
-        self._shut = True
-        try:
-            await self._worker.call(self._release)
-        finally:
-            self._worker.close()
 
     # The methods below run on the worker thread.
 

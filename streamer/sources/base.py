@@ -8,7 +8,8 @@ thread, never on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -68,3 +69,49 @@ class Pacer:
         if self.pace == "realtime":
             await self.clock.sleep_until(self._t0 + pts / self.speed)
         return self.clock.now()
+
+
+class GeneratorSource:
+    """Plumbing shared by sources whose items come from one async generator.
+
+    Subclasses implement ``_items()``; a source with a worker thread or a file to release
+    overrides ``_release()`` (run on ``self._worker`` if it has one, once). Iterating twice
+    continues the same generator; :meth:`aclose` is idempotent and safe mid-iteration.
+    """
+
+    _gen: AsyncGenerator[Item, None] | None = None
+    _closed: bool = False
+    _shut: bool = False
+
+    def _items(self) -> AsyncGenerator[Item, None]:
+        raise NotImplementedError
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        if self._gen is None:
+            self._gen = self._items()
+        return self._gen
+
+    async def aclose(self) -> None:
+        """Stop iterating and release resources (after any read in flight)."""
+        self._closed = True
+        if self._gen is not None:
+            # RuntimeError: the generator is running in another task; it stops at its next read.
+            with contextlib.suppress(RuntimeError):
+                await self._gen.aclose()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._shut:
+            return
+        self._shut = True
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            self._release()
+            return
+        try:
+            await worker.call(self._release)
+        finally:
+            worker.close()
+
+    def _release(self) -> None:
+        """Release files or devices (on the worker thread, if the source has one)."""

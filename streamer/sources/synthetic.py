@@ -26,9 +26,8 @@ microseconds, so it happens on the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -39,7 +38,7 @@ import numpy as np
 from streamer.clock import Clock
 from streamer.errors import InputError
 from streamer.frames import Frame, Item, Media, StreamEnd, StreamStart
-from streamer.sources.base import Pacer, SourceOptions
+from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 
 AUDIO_KINDS = ("tone", "noise", "silence")
 VIDEO_KINDS = ("shapes",)
@@ -140,7 +139,7 @@ def _convert(uri: str, key: str, raw: Any) -> Any:
     return value
 
 
-class SyntheticSource:
+class SyntheticSource(GeneratorSource):
     """Generated audio or video (see the module docstring for kinds and keys).
 
     ``spec``: ``synthetic:KIND?k=v&...``, ``KIND?k=v&...`` or a mapping with ``kind``.
@@ -184,20 +183,9 @@ class SyntheticSource:
             per_pass = self.frames_per_pass
         self.total_frames = None if options.loop else per_pass
         self._pacer = Pacer(clock, options.pace, options.speed)
-        self._gen: AsyncGenerator[Item, None] | None = None
-        self._closed = False
 
-    def __aiter__(self) -> AsyncIterator[Item]:
-        if self._gen is None:
-            self._gen = self._audio() if self.media == "audio" else self._video()
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Stop generating."""
-        self._closed = True
-        if self._gen is not None:
-            with contextlib.suppress(RuntimeError):
-                await self._gen.aclose()
+    def _items(self) -> AsyncGenerator[Item, None]:
+        return self._audio() if self.media == "audio" else self._video()
 
     def _start(self) -> StreamStart:
         meta = {"kind": self.kind, "params": dict(self.params), "synthetic": True}

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from streamer.clock import Clock
 from streamer.errors import InputError
 from streamer.frames import Frame, Item, StreamEnd, StreamStart
 from streamer.sources import check_readable_file
-from streamer.sources.base import Pacer, SourceOptions
+from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 from streamer.worker import Worker
 
 EXPECTED = "a video file (MP4, AVI, MKV, MOV, WebM, MPEG or another format FFmpeg decodes)"
@@ -24,7 +23,7 @@ EXPECTED = "a video file (MP4, AVI, MKV, MOV, WebM, MPEG or another format FFmpe
 DEFAULT_FPS = 30.0
 
 
-class VideoFileSource:
+class VideoFileSource(GeneratorSource):
     """Frames ``[H, W, 3]`` uint8 BGR from a video file, decoded one per worker call.
 
     Native frame ``n`` has media time ``n / native_fps``. ``options.size`` (width, height)
@@ -84,23 +83,6 @@ class VideoFileSource:
         self._cap: Any = None
         self._next = 0  # native number (counted over passes) of the next frame to decode
         self._pass_start = 0  # native number of the current pass's first frame
-        self._gen: AsyncGenerator[Item, None] | None = None
-        self._closed = False
-        self._shut = False
-
-    def __aiter__(self) -> AsyncIterator[Item]:
-        if self._gen is None:
-            self._gen = self._items()
-        return self._gen
-
-    async def aclose(self) -> None:
-        """Stop iterating and release the capture (after any read in flight)."""
-        self._closed = True
-        if self._gen is not None:
-            # RuntimeError: the generator is running in another task; it stops at its next read.
-            with contextlib.suppress(RuntimeError):
-                await self._gen.aclose()
-        await self._shutdown()
 
     def native_number(self, k: int) -> int:
         """The native frame (counted over passes) that output frame ``k`` shows."""
@@ -126,15 +108,6 @@ class VideoFileSource:
                 yield StreamEnd(self.stream, frames=index, reason="eof")
         finally:
             await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        if self._shut:
-            return
-        self._shut = True
-        try:
-            await self._worker.call(self._release)
-        finally:
-            self._worker.close()
 
     # The methods below run on the worker thread.
 
