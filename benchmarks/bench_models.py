@@ -160,6 +160,10 @@ def breakdown(model: RNNModel, repeats: int) -> dict[str, float]:
             assert model.head is not None
             model.head(out)
 
+    def put_all() -> None:
+        for stream in ids:
+            store.put(stream, states[0], 1.0)
+
     parts = {
         "step_batch_total": per_tick(lambda: step_batch(model, store, chunks, 1.0)),
         "store_get_x64": per_tick(lambda: [store.get(s) for s in ids]),
@@ -170,7 +174,7 @@ def breakdown(model: RNNModel, repeats: int) -> dict[str, float]:
         "bare_gru_head": per_tick(rnn_bare),
         "state_split": per_tick(new.split),
         "y_rows_cat_x64": per_tick(lambda: [torch.cat([y[r]], dim=0) for r in range(STREAMS)]),
-        "store_put_x64": per_tick(lambda: [store.put(s, states[0], 1.0) for s in ids]),
+        "store_put_x64": per_tick(put_all),
         "state_select_one": per_tick(lambda: new.select([0])),
     }
     return {k: round(v, 1) for k, v in parts.items()}
@@ -288,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
     streaming = bench_streaming(model, ticks, repeats)
-    offline = bench_offline(model, seconds, repeats)
+    offline = bench_offline(model, seconds, repeats if args.quick else 5)
     report = {
         "benchmark": "models",
         "quick": args.quick,

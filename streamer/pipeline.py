@@ -14,7 +14,6 @@ Stop: :meth:`Pipeline.stop` drains (sources stop, queued work finishes, sinks cl
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -210,8 +209,10 @@ class Pipeline:
             async for item in inbox:
                 if isinstance(item, Output):
                     latency = (self.clock.now() - item.captured) * 1000.0
-                    item = dataclasses.replace(
-                        item, latency_ms=latency if math.isfinite(latency) else None
+                    # Stamped in place: the output is handed over here and not yet shared,
+                    # and a copy per output (dataclasses.replace) costs more than the stamp.
+                    object.__setattr__(
+                        item, "latency_ms", latency if math.isfinite(latency) else None
                     )
                     metrics.on_output(item)
                     for edge in sink_edges:

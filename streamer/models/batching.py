@@ -59,11 +59,12 @@ def step_batch(
         pending[stream] = _Pending(x, store.get(stream))
 
     done: dict[str, _Pending] = {}
+    signatures = {stream: item.state.signature for stream, item in pending.items()}
     while pending:
         groups: dict[Hashable, list[str]] = {}
         for stream, item in pending.items():
             length = 0 if rechunk else item.x.shape[0]
-            key = (length, tuple(item.x.shape[1:]), item.x.dtype, item.state.signature)
+            key = (length, tuple(item.x.shape[1:]), item.x.dtype, signatures[stream])
             groups.setdefault(key, []).append(stream)
         for members in groups.values():
             size = max_batch or len(members)
@@ -71,22 +72,28 @@ def step_batch(
                 _step_group(model, [(s, pending[s]) for s in members[start : start + size]])
         for stream in [s for s, item in pending.items() if item.x.shape[0] == 0]:
             done[stream] = pending.pop(stream)
+        # after a step every state has the model's own (continuing) signature
+        signatures.update((stream, item.state.signature) for stream, item in pending.items())
 
     results: dict[str, Tensor] = {}
     for stream in chunks:
         item = done[stream]
         store.put(stream, item.state, now)
-        results[stream] = torch.cat(item.outputs, dim=0)
+        outputs = item.outputs
+        results[stream] = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
     return results
 
 
 def _step_group(model: StatefulModel, members: list[tuple[str, _Pending]]) -> None:
     """One ``model.step`` over the common prefix of ``members``' remaining frames."""
     steps = min(item.x.shape[0] for _, item in members)
-    x = torch.stack([item.x[:steps] for _, item in members])
-    # stack and split copy, so no stream's stored state aliases a chunk or another stream
-    y, new = model.step(x, State.stack([item.state for _, item in members]))
-    for row, ((_, item), row_state) in enumerate(zip(members, new.split(), strict=True)):
-        item.outputs.append(y[row])
+    whole = all(item.x.shape[0] == steps for _, item in members)
+    x = torch.stack([item.x if whole else item.x[:steps] for _, item in members])
+    # stack and split copy, so no stream's stored state aliases a chunk or another stream;
+    # the group shares one signature, so stacking need not compare them again
+    y, new = model.step(x, State.stack([item.state for _, item in members], check=False))
+    rows = y.unbind(0)
+    for (_, item), row, row_state in zip(members, rows, new.split(), strict=True):
+        item.outputs.append(row)
         item.state = row_state
-        item.x = item.x[steps:]
+        item.x = item.x[:0] if whole else item.x[steps:]

@@ -92,32 +92,61 @@ class State:
             for t, a in zip(self.tensors, self.batch_axes, strict=True)
         )
 
+    @classmethod
+    def _trusted(
+        cls, tensors: tuple[Tensor, ...], batch_axes: tuple[int, ...], batch: int
+    ) -> State:
+        """A state built from parts already known to be consistent (skips the checks; the
+        batching hot path makes thousands a second)."""
+        state = object.__new__(cls)
+        object.__setattr__(state, "tensors", tensors)
+        object.__setattr__(state, "batch_axes", batch_axes)
+        object.__setattr__(state, "batch", batch)
+        return state
+
     @staticmethod
-    def stack(states: Sequence[State]) -> State:
+    def stack(states: Sequence[State], *, check: bool = True) -> State:
         """Concatenate the states of several streams along each tensor's batch axis.
 
-        All states must have the same signature (a fresh state stacks only with fresh ones).
+        All states must have the same signature (a fresh state stacks only with fresh ones);
+        ``check=False`` skips comparing them, for callers that grouped states by signature.
         """
         if not states:
             raise ValueError("State.stack needs at least one state")
         first = states[0]
-        for other in states[1:]:
-            if other.signature != first.signature:
-                raise ValueError(
-                    "cannot stack states of different shapes: "
-                    f"{_describe(first)} and {_describe(other)}"
-                )
+        if check:
+            signature = first.signature
+            for other in states[1:]:
+                if other.signature != signature:
+                    raise ValueError(
+                        "cannot stack states of different shapes: "
+                        f"{_describe(first)} and {_describe(other)}"
+                    )
         batch = sum(s.batch for s in states)
         with torch.inference_mode():
             tensors = tuple(
                 torch.cat([s.tensors[i] for s in states], dim=axis)
                 for i, axis in enumerate(first.batch_axes)
             )
-        return State(tensors, first.batch_axes, batch)
+        return State._trusted(tensors, first.batch_axes, batch)
 
     def split(self) -> list[State]:
-        """One state per stream (batch 1 each); the tensors are copies, never shared views."""
-        return [self.select([row]) for row in range(self.batch)]
+        """One state per stream (batch 1 each).
+
+        The tensors are cut from one copy: no stream's state shares memory with another's
+        or with this state.
+        """
+        if self.is_fresh:
+            return [State._trusted((), (), 1) for _ in range(self.batch)]
+        with torch.inference_mode():
+            columns = [
+                torch.split(t.clone(), 1, dim=axis)
+                for t, axis in zip(self.tensors, self.batch_axes, strict=True)
+            ]
+        return [
+            State._trusted(tuple(column[row] for column in columns), self.batch_axes, 1)
+            for row in range(self.batch)
+        ]
 
     def select(self, rows: Sequence[int] | Tensor) -> State:
         """The streams at ``rows``, in that order, as a new state of copied tensors."""

@@ -84,6 +84,7 @@ class _Stream:
     waiting: deque[Step] = field(default_factory=deque)
     skip: int = 0
     last_index: int = -1
+    active: float = 0.0  # clock time of the stream's last input (for the TTL)
 
     @property
     def pending(self) -> int:
@@ -143,8 +144,7 @@ class ModelStage:
                 if self.settings.max_wait_ms > 0 and self.mode != "offline":
                     items += await self._wait_for_more(inbox, items)
                 await self._process(items, outbox)
-                for idle in self.store.evict_idle(self.clock.now()):
-                    self._streams.pop(idle, None)
+                await self._evict_idle(outbox)
         finally:
             self.worker.close()
 
@@ -161,6 +161,24 @@ class ModelStage:
             more += fresh
             streams.update(i.stream for i in fresh if isinstance(i, Frame))
         return more
+
+    async def _evict_idle(self, outbox: Channel[Any]) -> None:
+        """Streams without input for ``ttl`` seconds end as if their end marker had come.
+
+        Activity is the arrival of frames, not model calls (a stream filling a chunk, or
+        collected for an offline pass, is active), and what an idle stream sent is still
+        stepped and output before its state is dropped: eviction loses no output.
+        """
+        ttl = self.settings.ttl
+        if ttl is None:
+            return
+        now = self.clock.now()
+        idle = [s for s, ctx in self._streams.items() if now - ctx.active > ttl]
+        if not idle:
+            return
+        await self._step_ready(outbox, force=True)
+        for stream in idle:
+            await self._end(stream, outbox)
 
     async def _process(self, items: list[Any], outbox: Channel[Any]) -> None:
         for item in items:
@@ -220,7 +238,9 @@ class ModelStage:
                 raise InputError(f"[model.smoothing]: {exc}") from None
         if features.step_duration is not None:
             self._step_duration = features.step_duration
-        ctx = _Stream(media, features, head, generator, smoother, skip=s.lookahead)
+        ctx = _Stream(
+            media, features, head, generator, smoother, skip=s.lookahead, active=self.clock.now()
+        )
         self._streams[stream] = ctx
         self.store.start(stream, self.clock.now())
         return ctx
@@ -233,6 +253,7 @@ class ModelStage:
 
     async def _frame(self, frame: Frame, outbox: Channel[Any]) -> None:
         ctx = self._ctx(frame)
+        ctx.active = self.clock.now()
         if not _finite(frame.data):
             if self.settings.on_invalid == "error":
                 raise InputError(
@@ -298,18 +319,42 @@ class ModelStage:
         steps = {s: c.pending_steps for s, c in ready.items()}
         for c in ready.values():
             c.pending_x, c.pending_steps = [], []
-        self._calls += math.ceil(len(chunks) / self.settings.max_batch)
-        self._batched_chunks += len(chunks)
-        ys = await self.worker.call(
-            step_batch,
-            self.model,
-            self.store,
-            chunks,
-            self.clock.now(),
-            max_batch=self.settings.max_batch,
-        )
-        for stream, y in ys.items():
-            await self._deliver(stream, ready[stream], y, steps[stream], outbox)
+        await self._step_chunks(ready, chunks, steps, outbox)
+
+    async def _step_chunks(
+        self,
+        ready: dict[str, _Stream],
+        chunks: dict[str, Tensor],
+        steps: dict[str, list[Step]],
+        outbox: Channel[Any],
+    ) -> None:
+        """Step the streams' chunks in batched calls and deliver the outputs.
+
+        With a generate head, one step per call: each step's decode starts from the state
+        right after that step, whatever the chunking or mode.
+        """
+        if ready and all(c.generator is not None for c in ready.values()):
+            longest = max(x.shape[0] for x in chunks.values())
+            rounds = [
+                {s: x[t : t + 1] for s, x in chunks.items() if x.shape[0] > t}
+                for t in range(longest)
+            ]
+            parts = [{s: steps[s][t : t + 1] for s in r} for t, r in enumerate(rounds)]
+        else:
+            rounds, parts = [chunks], [steps]
+        for batch, batch_steps in zip(rounds, parts, strict=True):
+            self._calls += math.ceil(len(batch) / self.settings.max_batch)
+            self._batched_chunks += len(batch)
+            ys = await self.worker.call(
+                step_batch,
+                self.model,
+                self.store,
+                batch,
+                self.clock.now(),
+                max_batch=self.settings.max_batch,
+            )
+            for stream, y in ys.items():
+                await self._deliver(stream, ready[stream], y, batch_steps[stream], outbox)
 
     async def _run_offline(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
         """The whole collected sequence in one forward (or long causal pieces)."""
@@ -318,6 +363,10 @@ class ModelStage:
         x = torch.cat(ctx.pending_x)
         steps = ctx.pending_steps
         ctx.pending_x, ctx.pending_steps = [], []
+        if ctx.generator is not None and self.model.causal:
+            # decoding needs the state after each step, which one forward does not give
+            await self._step_chunks({stream: ctx}, {stream: x}, {stream: steps}, outbox)
+            return
         lookahead = self.settings.lookahead
         if lookahead:
             x = torch.cat([x, x.new_zeros((lookahead, *x.shape[1:]))])
