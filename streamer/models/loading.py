@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from os import PathLike
@@ -167,7 +168,11 @@ def _is_torchscript(file: Path) -> bool:
 
 def _load_state_dict(file: Path, path: str | PathLike[str]) -> dict[str, Tensor]:
     try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle makes torch warn about its protocol before refusing it; our
+            # refusal below is the one line the user needs.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f" such as {found.group(1)}" if found else ""

@@ -85,6 +85,11 @@ class _Stream:
     skip: int = 0
     last_index: int = -1
     active: float = 0.0  # clock time of the stream's last input (for the TTL)
+    # a kept gap reaches the head between the outputs of the steps before and after it,
+    # which may come later (lookahead, chunk, offline pass): gaps as counts of steps
+    enqueued: int = 0  # steps given to the model so far
+    delivered: int = 0  # steps whose outputs went to the head so far
+    gap_marks: deque[int] = field(default_factory=deque)  # gaps after that many steps
 
     @property
     def pending(self) -> int:
@@ -278,6 +283,7 @@ class ModelStage:
         if x.shape[0]:
             ctx.pending_x.append(x)
             ctx.pending_steps.extend(steps)
+            ctx.enqueued += len(steps)
         ctx.last_index = frame.index
 
     async def _gap(self, stream: str, outbox: Channel[Any]) -> None:
@@ -292,8 +298,15 @@ class ModelStage:
             self.store.reset(stream)
             ctx.skip = self.settings.lookahead
         ctx.features.gap()
-        outputs = ctx.head.gap() if ctx.head is not None else []
-        await self._emit(ctx, outputs, outbox, closing="gap")
+        ctx.gap_marks.append(ctx.enqueued)
+        await self._due_gaps(ctx, outbox)
+
+    async def _due_gaps(self, ctx: _Stream, outbox: Channel[Any]) -> None:
+        """Gaps whose steps before them all have their outputs reach the head now."""
+        while ctx.gap_marks and ctx.gap_marks[0] <= ctx.delivered:
+            ctx.gap_marks.popleft()
+            outputs = ctx.head.gap() if ctx.head is not None else []
+            await self._emit(ctx, outputs, outbox, closing="gap")
 
     async def _end(self, stream: str, outbox: Channel[Any]) -> None:
         ctx = self._streams.pop(stream, None)
@@ -403,7 +416,8 @@ class ModelStage:
     async def _deliver(
         self, stream: str, ctx: _Stream, y: Tensor, steps: list[Step], outbox: Channel[Any]
     ) -> None:
-        """Pair output rows with their steps (lookahead shift) and run the head."""
+        """Pair output rows with their steps (lookahead shift) and run the head; kept gaps
+        reach the head between the rows of the steps before and after them."""
         ctx.waiting.extend(steps)
         y = y.detach().cpu()
         rows: list[Tensor] = []
@@ -414,8 +428,24 @@ class ModelStage:
                 continue
             if not ctx.waiting:
                 break
+            if ctx.gap_marks and ctx.gap_marks[0] <= ctx.delivered:
+                await self._push(stream, ctx, rows, paired, outbox)
+                rows, paired = [], []
+                await self._due_gaps(ctx, outbox)
             paired.append(ctx.waiting.popleft())
             rows.append(row)
+            ctx.delivered += 1
+        await self._push(stream, ctx, rows, paired, outbox)
+        await self._due_gaps(ctx, outbox)
+
+    async def _push(
+        self,
+        stream: str,
+        ctx: _Stream,
+        rows: list[Tensor],
+        paired: list[Step],
+        outbox: Channel[Any],
+    ) -> None:
         if not rows:
             return
         y_paired = torch.stack(rows)
