@@ -137,8 +137,12 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
     )
     if model.head == "window":
         head_options.update(
-            window=model.window, hop=model.hop, reduce=model.reduce, partial=model.partial
+            window=model.window, hop=model.hop, reduce=model.reduce or "mean", partial=model.partial
         )
+    elif model.head == "sequence":
+        head_options["segment_on_gap"] = model.segment_on_gap
+        if model.reduce is not None:
+            head_options["reduce"] = model.reduce
     settings = ModelSettings(
         labels=tuple(model.labels or ()),
         features=model.features,

@@ -54,7 +54,8 @@ class ModelConfig(_Section):
     head: Literal["frame", "window", "sequence", "generate"] = "frame"
     window: Annotated[int, Field(ge=1)] | None = None
     hop: Annotated[int, Field(ge=1)] | None = None
-    reduce: Literal["mean", "max", "last"] = "mean"
+    reduce: Literal["mean", "max", "last"] | None = None
+    segment_on_gap: bool = False
     partial: bool = False
     activation: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
     thresholds: dict[str, float] | None = None
@@ -83,6 +84,8 @@ class ModelConfig(_Section):
                 raise ValueError("labels: the built-in thresholder takes two labels")
         elif not self.labels:
             raise ValueError("labels: a model needs its output labels (labels = [...])")
+        if self.head == "sequence" and self.reduce == "max":
+            raise ValueError("reduce: the sequence head reduces by 'last' or 'mean'")
         if self.head == "window" and self.window is None:
             raise ValueError("window: head = 'window' needs window = W (frames)")
         return self

@@ -186,10 +186,14 @@ class ModelStage:
             await self._end(stream, outbox)
 
     async def _process(self, items: list[Any], outbox: Channel[Any]) -> None:
+        run: list[Frame] = []
         for item in items:
             if isinstance(item, Frame):
-                await self._frame(item, outbox)
+                run.append(item)
                 continue
+            if run:
+                await self._frames(run, outbox)
+                run = []
             if isinstance(item, StreamStart):
                 self._start(item.stream, item.media, item.rate, item.meta)
             elif isinstance(item, Gap):
@@ -199,6 +203,8 @@ class ModelStage:
                 await self._step_ready(outbox, force=True)
                 await self._end(item.stream, outbox)
             await outbox.send(item)
+        if run:
+            await self._frames(run, outbox)
         await self._step_ready(outbox, force=False)
 
     # -- stream events -----------------------------------------------------------------
@@ -256,35 +262,55 @@ class ModelStage:
             ctx = self._start(frame.stream, frame.media, frame.rate, {})
         return ctx
 
-    async def _frame(self, frame: Frame, outbox: Channel[Any]) -> None:
-        ctx = self._ctx(frame)
-        ctx.active = self.clock.now()
-        if not _finite(frame.data):
-            if self.settings.on_invalid == "error":
-                raise InputError(
-                    f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} "
-                    "holds NaN or Inf"
-                )
-            log.warning(
-                "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
-                self.name,
-                frame.stream,
-                frame.index,
+    async def _frames(self, frames: list[Frame], outbox: Channel[Any]) -> None:
+        """Features for a run of frames, computed on the worker thread (log-mel is not free
+        and must not hold up the event loop). A frame holding NaN or Inf splits the run, so
+        that its gap falls between the right frames."""
+        now = self.clock.now()
+        for frame in frames:
+            self._ctx(frame).active = now
+        start = 0
+        while start < len(frames):
+            done = await self.worker.call(self._featurize, frames, start)
+            start += done
+            if start < len(frames):
+                await self._invalid(frames[start], outbox)
+                start += 1
+
+    def _featurize(self, frames: list[Frame], start: int) -> int:
+        """Push ``frames[start:]`` through their streams' front-ends up to the first invalid
+        frame; returns how many were pushed. Runs on the worker thread."""
+        for offset, frame in enumerate(frames[start:]):
+            if not _finite(frame.data):
+                return offset
+            ctx = self._streams[frame.stream]
+            x, steps = ctx.features.push_frame(frame)
+            if not self._checked:
+                self._checked = True
+                self.check_input(x[:1] if x.shape[0] else None, ctx.features)
+            if x.shape[0]:
+                ctx.pending_x.append(x)
+                ctx.pending_steps.extend(steps)
+                ctx.enqueued += len(steps)
+            ctx.last_index = frame.index
+        return len(frames) - start
+
+    async def _invalid(self, frame: Frame, outbox: Channel[Any]) -> None:
+        """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``)."""
+        if self.settings.on_invalid == "error":
+            raise InputError(
+                f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} "
+                "holds NaN or Inf"
             )
-            await self._step_ready(outbox, force=True)
-            gap = Gap(frame.stream, frame.index, 1, frame.pts, "invalid")
-            await self._gap(frame.stream, outbox)
-            await outbox.send(gap)
-            return
-        x, steps = ctx.features.push_frame(frame)
-        if not self._checked:
-            self._checked = True
-            self.check_input(x[:1] if x.shape[0] else None, ctx.features)
-        if x.shape[0]:
-            ctx.pending_x.append(x)
-            ctx.pending_steps.extend(steps)
-            ctx.enqueued += len(steps)
-        ctx.last_index = frame.index
+        log.warning(
+            "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
+            self.name,
+            frame.stream,
+            frame.index,
+        )
+        await self._step_ready(outbox, force=True)
+        await self._gap(frame.stream, outbox)
+        await outbox.send(Gap(frame.stream, frame.index, 1, frame.pts, "invalid"))
 
     async def _gap(self, stream: str, outbox: Channel[Any]) -> None:
         ctx = self._streams.get(stream)
