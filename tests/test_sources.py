@@ -286,17 +286,28 @@ def test_audio_bad_input(tmp_path: Path) -> None:
     raises_input_error(ok, lambda: AudioFileSource(ok, SourceOptions(chunk=0), clock))
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads files whatever their mode"
-)
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "locked.wav"
     write_tone(path, 100, 16_000)
     path.chmod(0)
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    # root reads any file: check as an unprivileged user, who may walk down to the file
+    walk = [tmp_path, tmp_path.parent, tmp_path.parent.parent] if as_root else []
+    modes = [folder.stat().st_mode for folder in walk]
+    for folder, mode in zip(walk, modes, strict=True):
+        folder.chmod(mode | 0o005)
+    if as_root:
+        os.seteuid(65534)
     try:
-        raises_input_error(path, lambda: AudioFileSource(path, OPTIONS, RealClock()))
+        message = raises_input_error(path, lambda: AudioFileSource(path, OPTIONS, RealClock()))
     finally:
+        if as_root:
+            os.seteuid(0)
+        for folder, mode in zip(walk, modes, strict=True):
+            folder.chmod(mode)
         path.chmod(0o644)
+    assert "ermission denied" in str(message), message
+
 
 
 def test_path_through_a_file(stereo_wav: Path) -> None:
