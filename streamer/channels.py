@@ -1,7 +1,8 @@
 """Bounded channels between pipeline stages, each with a named overflow policy.
 
 ``block``: a full channel makes the sender wait (lossless backpressure).
-``latest``: a full channel drops its oldest frame to make room, so the newest frame wins;
+``latest``: at most one frame per stream waits (a newer frame replaces it), and a channel full
+of other streams' frames drops its oldest frame to make room: the newest frame wins;
 the drops are counted and the receiver gets a :class:`~streamer.frames.Gap` marker
 (reason ``overflow:NAME``) in place of the frames it never saw. Markers are never dropped
 and never displace a frame: a marker waits for room.
@@ -56,6 +57,7 @@ class Channel(Generic[T]):
         self.stats = ChannelStats(name, policy, capacity)
         self._buffer: deque[T] = deque()
         self._pending_gaps: dict[str, list[Gap]] = {}
+        self._queued: dict[str, int] = {}  # frames waiting, per stream
         self._producers = producers
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
@@ -63,10 +65,13 @@ class Channel(Generic[T]):
 
     # -- sending -----------------------------------------------------------------------
     async def send(self, item: T) -> None:
-        """Put ``item`` in; waits while full, except a frame under ``latest``, which
-        displaces the oldest frame (of its own stream if there is one)."""
+        """Put ``item`` in; waits while full, except a frame under ``latest``: it replaces
+        its stream's queued frame (at most one frame per stream waits), and when the
+        channel is full of other streams' frames it displaces the oldest of them."""
         if self._producers <= 0:
             raise ChannelClosed(f"channel '{self.name}' is closed")
+        if self.policy == "latest" and isinstance(item, Frame) and self._queued.get(item.stream):
+            self._drop_oldest_frame(item.stream)
         while len(self._buffer) >= self.capacity:
             # Only a newer frame displaces a frame; a marker waits for room like under block.
             if (
@@ -78,6 +83,8 @@ class Channel(Generic[T]):
             self._not_full.clear()
             await self._not_full.wait()
         self._buffer.append(item)
+        if isinstance(item, Frame):
+            self._queued[item.stream] = self._queued.get(item.stream, 0) + 1
         self.stats.sent += 1
         self._update_depth()
         self._not_empty.set()
@@ -128,6 +135,8 @@ class Channel(Generic[T]):
         if not self._buffer:
             return None
         item = self._buffer.popleft()
+        if isinstance(item, Frame):
+            self._unqueue(item.stream)
         self.stats.received += 1
         self._update_depth()
         self._not_full.set()
@@ -173,9 +182,17 @@ class Channel(Generic[T]):
         frame = self._buffer[oldest]
         del self._buffer[oldest]
         assert isinstance(frame, Frame)
+        self._unqueue(frame.stream)
         self.stats.dropped += 1
         self._record_gap(frame)
         return True
+
+    def _unqueue(self, stream: str) -> None:
+        left = self._queued[stream] - 1
+        if left:
+            self._queued[stream] = left
+        else:
+            del self._queued[stream]
 
     def _record_gap(self, frame: Frame) -> None:
         gaps = self._pending_gaps.setdefault(frame.stream, [])

@@ -1,8 +1,9 @@
 """The pipeline runner: sources -> stages -> sinks, in one TaskGroup.
 
 Every edge is a bounded :class:`~streamer.channels.Channel`. The run mode picks the source
-edge's policy: ``realtime`` uses ``latest`` (capacity 1 per source: the newest frame wins),
+edge's policy: ``realtime`` uses ``latest`` (the newest frame of a stream wins),
 ``online`` and ``offline`` use ``block`` (lossless). Later edges always ``block``.
+(``latest`` gets two slots per source: a frame and a marker.)
 
 Failure: a stage or sink that raises cancels the run, which raises a
 :class:`~streamer.errors.StageError` naming it. A source that raises is treated as the end of
@@ -97,8 +98,10 @@ class Pipeline:
         assert metrics is not None
         self._main = asyncio.current_task()
         policy: Policy = "latest" if self.mode == "realtime" else "block"
+        # latest: room for one frame and one marker per source, so that starting streams
+        # do not displace each other's first frames
         capacity = self.source_capacity or (
-            len(self.sources) if policy == "latest" else BLOCK_CAPACITY[self.mode]
+            2 * len(self.sources) if policy == "latest" else BLOCK_CAPACITY[self.mode]
         )
         first = self.stages[0].name
         inbox: Channel[Any] = Channel(

@@ -65,17 +65,22 @@ async def test_latest_never_drops_markers_and_newest_wins_per_stream() -> None:
     items = [await channel.receive() for _ in range(3)]
     kinds = [(type(i).__name__, i.stream, i.index) for i in items]  # type: ignore[attr-defined]
     assert kinds == [("Frame", "b", 0), ("Gap", "a", 0), ("Frame", "a", 1)]
-    # a marker waits for room instead of displacing a frame
+    # at most one frame per stream waits: a newer one replaces it even with room to spare
     await channel.send(frame("a", 2))
     await channel.send(frame("a", 3))
+    assert channel.stats.depth == 1
+    # a marker waits for room instead of displacing a frame
+    await channel.send(frame("b", 1))
     end = asyncio.ensure_future(channel.send(StreamEnd("a", 4)))
     await asyncio.sleep(0)
     assert not end.done()
-    assert isinstance(await channel.receive(), Frame)
+    first = await channel.receive()
+    assert isinstance(first, Gap) and (first.index, first.count) == (2, 1)
+    assert (await channel.receive()).index == 3  # type: ignore[attr-defined]
     await asyncio.wait_for(end, 1)
     channel.close()
     rest = await drain(channel)
-    assert [type(i).__name__ for i in rest] == ["Frame", "StreamEnd"]
+    assert [(type(i).__name__, i.stream) for i in rest] == [("Frame", "b"), ("StreamEnd", "a")]
 
 
 async def test_send_after_close_is_an_error() -> None:

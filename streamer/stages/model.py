@@ -299,8 +299,7 @@ class ModelStage:
         """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``)."""
         if self.settings.on_invalid == "error":
             raise InputError(
-                f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} "
-                "holds NaN or Inf"
+                f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} holds NaN or Inf"
             )
         log.warning(
             "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
@@ -446,6 +445,14 @@ class ModelStage:
         reach the head between the rows of the steps before and after them."""
         ctx.waiting.extend(steps)
         y = y.detach().cpu()
+        if not ctx.skip and not ctx.gap_marks and len(ctx.waiting) >= len(y):
+            # the common case: every row has its step and no gap falls between them
+            n = len(y)
+            ctx.delivered += n
+            await self._push_block(
+                stream, ctx, y, [ctx.waiting.popleft() for _ in range(n)], outbox
+            )
+            return
         rows: list[Tensor] = []
         paired: list[Step] = []
         for row in y:
@@ -472,9 +479,13 @@ class ModelStage:
         paired: list[Step],
         outbox: Channel[Any],
     ) -> None:
-        if not rows:
-            return
-        y_paired = torch.stack(rows)
+        if rows:
+            await self._push_block(stream, ctx, torch.stack(rows), paired, outbox)
+
+    async def _push_block(
+        self, stream: str, ctx: _Stream, y_paired: Tensor, paired: list[Step], outbox: Channel[Any]
+    ) -> None:
+        """Rows ``y_paired [T, K]`` with their steps to the head (or the decoder)."""
         if ctx.generator is not None:
             await self._generate(stream, ctx, y_paired, paired, outbox)
             return
