@@ -166,10 +166,13 @@ class FrameHead:
     def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
         """``y [T, K]`` -> T ``frame`` outputs."""
         _check(y, steps)
-        probs = self.scorer(y)
+        labels = self.scorer.labels
+        rows = self.scorer(y).tolist()  # one conversion, not one per row
         return [
-            _output(self.stream, "frame", step, step, self.scorer.scores(row), self.labeler)
-            for step, row in zip(steps, probs, strict=True)
+            _output(
+                self.stream, "frame", step, step, dict(zip(labels, row, strict=True)), self.labeler
+            )
+            for step, row in zip(steps, rows, strict=True)
         ]
 
     def gap(self) -> list[Output]:
