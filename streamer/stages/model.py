@@ -83,7 +83,6 @@ class _Stream:
     pending_steps: list[Step] = field(default_factory=list)
     waiting: deque[Step] = field(default_factory=deque)
     skip: int = 0
-    last_index: int = -1
     active: float = 0.0  # clock time of the stream's last input (for the TTL)
     # a kept gap reaches the head between the outputs of the steps before and after it,
     # which may come later (lookahead, chunk, offline pass): gaps as counts of steps
@@ -287,12 +286,11 @@ class ModelStage:
             x, steps = ctx.features.push_frame(frame)
             if not self._checked:
                 self._checked = True
-                self.check_input(x[:1] if x.shape[0] else None, ctx.features)
+                self.check_input(x[:1] if x.shape[0] else None)
             if x.shape[0]:
                 ctx.pending_x.append(x)
                 ctx.pending_steps.extend(steps)
                 ctx.enqueued += len(steps)
-            ctx.last_index = frame.index
         return len(frames) - start
 
     async def _invalid(self, frame: Frame, outbox: Channel[Any]) -> None:
@@ -548,7 +546,7 @@ class ModelStage:
         return one_hot
 
     # -- checks ------------------------------------------------------------------------
-    def check_input(self, x: Tensor | None, features: Features) -> None:
+    def check_input(self, x: Tensor | None) -> None:
         """A dry step on one step's features; a mismatch names the stage and both shapes."""
         if x is None:
             return
@@ -586,7 +584,7 @@ def dry_check(stage: ModelStage, frame: Frame) -> None:
     probe = stage._start(f"\0probe:{frame.stream}", frame.media, frame.rate, {})
     try:
         x, _ = probe.features.push_frame(frame)
-        stage.check_input(x[:1] if x.shape[0] else None, probe.features)
+        stage.check_input(x[:1] if x.shape[0] else None)
         stage._checked = x.shape[0] > 0
     finally:
         stage._streams.pop(f"\0probe:{frame.stream}", None)
