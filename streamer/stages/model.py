@@ -185,25 +185,40 @@ class ModelStage:
             await self._end(stream, outbox)
 
     async def _process(self, items: list[Any], outbox: Channel[Any]) -> None:
-        run: list[Frame] = []
+        """Handle a batch of items in rounds: per stream, the frames up to its next marker.
+
+        A round's frames (all streams) are featurized and stepped together, then each
+        stream's marker is applied, after its own earlier frames were stepped. Each
+        stream's order is kept; a marker of one stream never costs the others a model call
+        of their own, so batching holds up when gaps are frequent (realtime overload).
+        """
+        queues: dict[str, deque[Any]] = {}
         for item in items:
-            if isinstance(item, Frame):
-                run.append(item)
-                continue
-            if run:
-                await self._frames(run, outbox)
-                run = []
-            if isinstance(item, StreamStart):
-                self._start(item.stream, item.media, item.rate, item.meta)
-            elif isinstance(item, Gap):
-                await self._step_ready(outbox, force=True)
-                await self._gap(item.stream, outbox)
-            elif isinstance(item, StreamEnd):
-                await self._step_ready(outbox, force=True)
-                await self._end(item.stream, outbox)
-            await outbox.send(item)
-        if run:
-            await self._frames(run, outbox)
+            queues.setdefault(item.stream, deque()).append(item)
+        while queues:
+            frames: list[Frame] = []
+            markers: list[Any] = []
+            for stream in list(queues):
+                queue = queues[stream]
+                while queue and isinstance(queue[0], Frame):
+                    frames.append(queue.popleft())
+                if queue:
+                    markers.append(queue.popleft())
+                if not queue:
+                    del queues[stream]
+            if frames:
+                await self._frames(frames, outbox)
+            marked = {m.stream for m in markers if not isinstance(m, StreamStart)}
+            if marked:
+                await self._step_ready(outbox, force=True, only=marked)
+            for marker in markers:
+                if isinstance(marker, StreamStart):
+                    self._start(marker.stream, marker.media, marker.rate, marker.meta)
+                elif isinstance(marker, Gap):
+                    await self._gap(marker.stream, outbox)
+                elif isinstance(marker, StreamEnd):
+                    await self._end(marker.stream, outbox)
+                await outbox.send(marker)
         await self._step_ready(outbox, force=False)
 
     # -- stream events -----------------------------------------------------------------
@@ -305,7 +320,7 @@ class ModelStage:
             frame.stream,
             frame.index,
         )
-        await self._step_ready(outbox, force=True)
+        await self._step_ready(outbox, force=True, only={frame.stream})
         await self._gap(frame.stream, outbox)
         await outbox.send(Gap(frame.stream, frame.index, 1, frame.pts, "invalid"))
 
@@ -343,12 +358,19 @@ class ModelStage:
         self.store.end(stream)
 
     # -- model calls -------------------------------------------------------------------
-    async def _step_ready(self, outbox: Channel[Any], force: bool) -> None:
-        """Step every stream with enough pending steps (any pending with ``force``)."""
+    async def _step_ready(
+        self, outbox: Channel[Any], force: bool, only: set[str] | None = None
+    ) -> None:
+        """Step every stream with enough pending steps (any pending with ``force``), or
+        just the streams ``only`` (before their markers are applied)."""
         if self.mode == "offline":
             return
         need = 1 if (force or self.mode == "realtime") else self.settings.chunk
-        ready = {s: c for s, c in self._streams.items() if c.pending >= need}
+        ready = {
+            s: c
+            for s, c in self._streams.items()
+            if c.pending >= need and (only is None or s in only)
+        }
         if not ready:
             return
         chunks = {s: torch.cat(c.pending_x) for s, c in ready.items()}
