@@ -31,7 +31,6 @@ class Metrics:
     streams: dict[str, StreamCounts] = field(default_factory=dict)
     channels: list[Channel[Any]] = field(default_factory=list)
     listeners: list[Callable[[Metrics], None]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
     reporters: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
     frames_in: int = 0
     outputs: int = 0
@@ -118,7 +117,6 @@ class Metrics:
                 }
                 for name, c in self.streams.items()
             },
-            **self.extra,
             **{k: v for reporter in self.reporters for k, v in reporter().items()},
         }
 

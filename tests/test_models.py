@@ -32,13 +32,7 @@ from streamer.models import (
 
 F, H = 4, 6
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randn(*shape: int, seed: int = 0) -> Tensor:

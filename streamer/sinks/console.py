@@ -52,9 +52,9 @@ class ConsoleSink:
             self._total = total_frames
             metrics.listeners.append(self._draw)
 
-    def _draw(self, metrics: Metrics, force: bool = False) -> None:
+    def _draw(self, metrics: Metrics) -> None:
         now = time.monotonic()
-        if self._total is None or (not force and now - self._last_draw < 0.1):
+        if self._total is None or now - self._last_draw < 0.1:
             return
         self._last_draw = now
         done = min(metrics.frames_in, self._total)

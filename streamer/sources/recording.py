@@ -16,7 +16,7 @@ one-stream recording; ``mono`` averages the channels of multi-channel float audi
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from streamer.clock import Clock, RealClock
 from streamer.errors import InputError
 from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
 from streamer.recording import RecordedStream, Recording, read_recording
-from streamer.sources.base import Pacer, SourceOptions
+from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 from streamer.worker import Worker
 
 #: Frames are copied out of the memory map on the worker thread in blocks of at most this
@@ -35,7 +35,7 @@ BLOCK_BYTES = 4 * 1024 * 1024
 BLOCK_FRAMES = 256
 
 
-class RecordingSource:
+class RecordingSource(GeneratorSource):
     """An async iterator of the items of a recording folder (see the module docstring).
 
     Opening validates the recording (``InputError`` naming the bad file). ``total_frames``
@@ -64,8 +64,6 @@ class RecordingSource:
         self.total_frames: int | None = None if self.options.loop else self.recording.total_frames
         self._merge(streams)
         self._worker = Worker(self.name, self.clock)
-        self._iterator: AsyncGenerator[Item, None] | None = None
-        self._closed = False
 
     def _merge(self, streams: list[RecordedStream]) -> None:
         """Order all frames by capture time, keeping each stream's own order."""
@@ -96,22 +94,6 @@ class RecordingSource:
                 last_offset = float(captured[n][-1]) - first
                 cycle = max(cycle, last_offset + stream.frame_duration(stream.frames - 1))
         self._cycle = cycle
-
-    # -- the Source protocol
-
-    def __aiter__(self) -> AsyncIterator[Item]:
-        if self._iterator is None:
-            self._iterator = self._items()
-        return self._iterator
-
-    async def aclose(self) -> None:
-        """Stop the replay and release the worker thread (idempotent)."""
-        self._closed = True
-        iterator = self._iterator
-        # A generator suspended inside an await belongs to a running task, which ends it.
-        if iterator is not None and not getattr(iterator, "ag_running", False):
-            await iterator.aclose()
-        self._worker.close()
 
     # -- internals
 

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -621,8 +622,6 @@ def _finite(data: Any) -> bool:
     if isinstance(data, Tensor):
         return bool(torch.isfinite(data).all())
     try:
-        import numpy as np
-
         array = np.asarray(data)
         if array.dtype.kind != "f":
             return True
