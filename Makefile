@@ -6,8 +6,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build.
-TORCH := torch==2.13.0
+# Which torch to install, and from which index. On this project's machines pip finds a CPU
+# wheel of torch 2.13.0 on disk; where pip sees only the public index, a plain torch
+# requirement is a multi-GB CUDA build on Linux. Override both from the command line:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu      (CPU-only machine)
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cu128    (a CUDA 12.8 GPU machine)
+#   make demo TORCH='torch==2.9.1'                                  (another version)
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg
 
 .PHONY: demo test lint typecheck pytest system-deps venv clean
@@ -33,7 +39,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[test,onnx]'
 	touch $(STAMP)
 

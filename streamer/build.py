@@ -6,7 +6,6 @@ folders exist), so bad input is refused before the first frame.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,18 @@ import numpy as np
 import torch
 
 from streamer.clock import Clock, RealClock
-from streamer.config import ConsoleSinkConfig, JsonlSinkConfig, PipelineConfig
+from streamer.config import (
+    ConsoleSinkConfig,
+    JsonlSinkConfig,
+    PipelineConfig,
+    with_overrides,
+)
 from streamer.errors import InputError
 from streamer.frames import Frame
 from streamer.metrics import Metrics
 from streamer.models import load_model
 from streamer.pipeline import Pipeline
+from streamer.safety import add_cwd_to_path, factory_input, source_inputs
 from streamer.sinks import ConsoleSink, JsonlSink, Sink
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stages import Stage, ThresholdStage
@@ -39,24 +44,28 @@ class Overrides:
     pace: str | None = None
     speed: float | None = None
     quiet: bool = False
+    origin: str = "command line"
 
 
 def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineConfig:
-    """A copy of ``config`` with the command line's settings applied (and validated)."""
-    data: dict[str, Any] = config.model_dump()
-    if overrides.source is not None:
-        data["source"]["uri"] = overrides.source
-    if overrides.mode is not None:
-        data["run"]["mode"] = overrides.mode
-    if overrides.duration is not None:
-        data["run"]["duration"] = overrides.duration
-    if overrides.max_frames is not None:
-        data["run"]["max_frames"] = overrides.max_frames
-    if overrides.pace is not None:
-        data["source"]["pace"] = overrides.pace
-    if overrides.speed is not None:
-        data["source"]["speed"] = overrides.speed
-    sinks = [s for s in data["sinks"] if not (overrides.quiet and s["type"] == "console")]
+    """A copy of ``config`` with the command line's settings applied, validated like the
+    file (a bad value is an InputError naming the flag)."""
+    changes: dict[tuple[str, str], Any] = {}
+    for (section, key), value in (
+        (("source", "uri"), overrides.source),
+        (("run", "mode"), overrides.mode),
+        (("run", "duration"), overrides.duration),
+        (("run", "max_frames"), overrides.max_frames),
+        (("source", "pace"), overrides.pace),
+        (("source", "speed"), overrides.speed),
+    ):
+        if value is not None:
+            changes[(section, key)] = value
+    sinks = [
+        s.model_dump(exclude_unset=True)
+        for s in config.sinks
+        if not (overrides.quiet and isinstance(s, ConsoleSinkConfig))
+    ]
     if overrides.out is not None:
         jsonl = [s for s in sinks if s["type"] == "jsonl"]
         if jsonl:
@@ -65,8 +74,31 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
             sinks.append({"type": "jsonl", "path": overrides.out})
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
-    data["sinks"] = sinks
-    return PipelineConfig.model_validate(data)
+    changes[("sinks", "")] = sinks
+    return with_overrides(config, changes, overrides.origin)
+
+
+def output_paths(config: PipelineConfig, overrides: Overrides) -> list[tuple[str, Path]]:
+    """Every file the run will write, named as the user gave it (flag or sink key)."""
+    named: list[tuple[str, Path]] = []
+    out_named = False
+    for number, sink in enumerate(config.sinks, start=1):
+        if isinstance(sink, JsonlSinkConfig):
+            use_flag = overrides.out is not None and not out_named and sink.path == overrides.out
+            out_named = out_named or use_flag
+            named.append(("--out" if use_flag else f"[[sinks]] #{number} path", Path(sink.path)))
+    return named
+
+
+def input_paths(config: PipelineConfig, pipeline_file: str | None) -> list[tuple[str, Path]]:
+    """Every file the run reads: source, model, weights, factory module, pipeline file."""
+    named = source_inputs(config.source.uri)
+    if config.model.path is not None:
+        named.append(("the model file", Path(config.model.path)))
+    named += factory_input(config.model.factory)
+    if pipeline_file is not None:
+        named.append(("the pipeline file", Path(pipeline_file)))
+    return named
 
 
 def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeline:
@@ -85,6 +117,7 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         stream=src.stream,
     )
     source = open_source(src.uri, options, clock)
+    _check_bounded(config, source)
     stage = _model_stage(config, source, clock)
     stages: list[Stage] = [stage]
     metrics = Metrics(clock, mode=mode)
@@ -116,6 +149,7 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
     model = config.model
     if model.is_builtin:
         kind = None if model.builtin == "auto" else model.builtin
+        _check_builtin_media(kind, source)
         labels = (model.labels[0], model.labels[1]) if model.labels else None
         return ThresholdStage(
             name=kind or "threshold", kind=kind, threshold=model.threshold, labels=labels
@@ -124,8 +158,8 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         raise InputError("[model] device: 'cuda' asked for, but no CUDA device is available")
     if model.threads is not None:
         torch.set_num_threads(model.threads)
-    if model.factory is not None and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # factories name modules of the project at hand
+    if model.factory is not None:
+        add_cwd_to_path()
     loaded = load_model(model.factory, model.path, factory_kwargs=model.options)
     if model.device == "cuda":
         module = getattr(loaded, "module", None)
@@ -143,6 +177,7 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         head_options["segment_on_gap"] = model.segment_on_gap
         if model.reduce is not None:
             head_options["reduce"] = model.reduce
+    smoothing = None if model.smoothing is None else model.smoothing.model_dump(exclude_none=True)
     settings = ModelSettings(
         labels=tuple(model.labels or ()),
         features=model.features,
@@ -150,7 +185,7 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         head=model.head,
         head_options=head_options,
         thresholds=model.thresholds,
-        smoothing=model.smoothing,
+        smoothing=smoothing,
         lookahead=model.lookahead,
         chunk=model.chunk,
         offline_chunk=model.offline_chunk,
@@ -174,6 +209,34 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
     if frame is not None:
         dry_check(stage, frame)
     return stage
+
+
+def _check_bounded(config: PipelineConfig, source: Source) -> None:
+    """An endless source (no known length, or looping) must be bounded in offline mode,
+    which reads every stream to its end before the model runs."""
+    if config.run.mode != "offline" or config.run.duration or config.run.max_frames:
+        return
+    total = getattr(source, "total_frames", None)
+    if total is None:
+        raise InputError(
+            f"[run] mode: offline reads each stream to its end, but {config.source.uri} is"
+            " endless (live, looping or without a duration); give [run] duration or"
+            " max_frames (--duration, --max-frames), or use online mode"
+        )
+
+
+def _check_builtin_media(kind: str | None, source: Source) -> None:
+    """``energy`` measures audio and ``brightness`` video; refuse the other media."""
+    if kind is None:
+        return
+    frame = sample_frame(source)
+    media = None if frame is None else frame.media
+    kinds = {"audio": "energy", "video": "brightness"}
+    if media is not None and kinds[media] != kind:
+        raise InputError(
+            f"[model] builtin: '{kind}' does not measure {media}, which is what the source"
+            f" {getattr(source, 'name', '')} delivers; use builtin = '{kinds[media]}' or 'auto'"
+        )
 
 
 def source_info(source: Source) -> dict[str, Any]:

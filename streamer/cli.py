@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,10 @@ LIVE_PREFIXES = ("camera:", "mic:", "mqtt://", "mqtts://")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; ``argv`` None means this process's own command line, which an
+    abort (second Ctrl-C) then ends at once (``os._exit``) instead of returning."""
+    global _own_process
+    _own_process = argv is None
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.debug:
@@ -45,7 +51,71 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: one line, traceback with --debug
         _report(exc, args.debug)
         code = EXIT_FAILURE
+    if code == EXIT_ABORTED:
+        _exit_now()  # returns only when called in-process, with the signals restored
     return code
+
+
+# -- signals -----------------------------------------------------------------------------
+#: Whether ``main`` runs as this process's command (then an abort may end the process).
+_own_process = False
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM while a command's event loop runs: the first calls ``stop`` and
+    says so (``doing``: what the stop does), the second calls ``abort``, a third ends the
+    process at once. After an abort the signals stay ignored until ``main`` ends."""
+
+    def __init__(self, doing: str, stop: Callable[[], object], abort: Callable[[], object]) -> None:
+        self.doing = doing
+        self.stop = stop
+        self.abort = abort
+        self.count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self.count >= 2
+
+    def __enter__(self) -> _Interrupts:
+        self._loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._loop is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(signum)
+            if self.aborted:  # the rest of the way out is short: nothing may interrupt it
+                signal.signal(signum, signal.SIG_IGN)
+
+    def _on_signal(self, signum: int) -> None:
+        self.count += 1
+        if self.count == 1:
+            name = signal.Signals(signum).name
+            print(f"\nstreamer: {name}: {self.doing} (again to abort)", file=sys.stderr)
+            self.stop()
+        elif self.count == 2:
+            self.abort()
+        elif _own_process:  # the abort is taking too long for the user: go now
+            _exit_now()
+
+
+def _exit_now() -> None:
+    """End the process with exit code 130, skipping the interpreter's shutdown (which
+    would wait for worker threads, and could print a traceback on one more Ctrl-C). Sinks
+    and files are closed by then; stdout and stderr are flushed here. In-process (tests),
+    it only restores the signals' default handlers."""
+    if not _own_process:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(EXIT_ABORTED)
 
 
 def _report(exc: BaseException, debug: bool) -> None:
@@ -86,6 +156,18 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--chunk", type=int, default=512, help="audio: samples per frame")
     record.add_argument("--size", help="video: resize to WxH")
     record.add_argument("--mono", action="store_true", help="audio: mix down to one channel")
+    record.add_argument(
+        "--pace",
+        choices=["realtime", "fast"],
+        help="realtime: capture on the wall clock, as a live source is; fast (default for "
+        "files and synthetic sources): as fast as read, stamped as if captured live",
+    )
+    record.add_argument(
+        "--clean",
+        action="store_true",
+        help="first delete unfinished recordings of OUT_DIR (.OUT_DIR.partial-*) that a "
+        "killed recorder left",
+    )
     record.add_argument("--debug", action="store_true", help="show tracebacks")
     record.set_defaults(handler=_record)
     return parser
@@ -93,19 +175,17 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- run ---------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from streamer.build import Overrides, apply_overrides, build_pipeline
+    from streamer.build import (
+        Overrides,
+        apply_overrides,
+        input_paths,
+        output_paths,
+    )
     from streamer.config import load_config, parse_config
+    from streamer.safety import check_outputs, check_writable
 
     if args.pipeline is None and args.source is None:
         raise InputError("run: give a pipeline file or --source URI (see streamer run --help)")
-    for flag, value in (("--duration", args.duration), ("--speed", args.speed)):
-        if value is not None and value <= 0:
-            raise InputError(f"{flag}: expected a number > 0, got {value}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise InputError(f"--max-frames: expected an integer >= 1, got {args.max_frames}")
-    metrics_path = Path(args.metrics) if args.metrics else None
-    if metrics_path is not None and not metrics_path.parent.is_dir():
-        raise InputError(f"{metrics_path}: folder '{metrics_path.parent}' does not exist")
     if args.pipeline is not None:
         config = load_config(args.pipeline)
     else:
@@ -119,47 +199,51 @@ def _run(args: argparse.Namespace) -> int:
         pace=args.pace,
         speed=args.speed,
         quiet=args.quiet,
+        origin=args.pipeline or "--source",
     )
     config = apply_overrides(config, overrides)
+    metrics_path = Path(args.metrics) if args.metrics else None
+    outputs = output_paths(config, overrides)
+    if metrics_path is not None:
+        check_writable(metrics_path, "--metrics")
+        outputs.append(("--metrics", metrics_path))
+    check_outputs(input_paths(config, args.pipeline), outputs)
     summary: dict[str, Any] = {}
     try:
-        return asyncio.run(_run_pipeline(build_pipeline(config), summary))
+        return asyncio.run(_run_pipeline(_build(config, args.pipeline), summary))
     finally:
         if metrics_path is not None and summary:
             metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _build(config: Any, pipeline_file: str | None) -> Pipeline:
+    """Build the pipeline; an error about a key also names the pipeline file it is in."""
+    from streamer.build import build_pipeline
+
+    try:
+        return build_pipeline(config)
+    except InputError as exc:
+        message = str(exc)
+        if pipeline_file is not None and message.startswith(("[", "stage '")):
+            raise InputError(f"{pipeline_file}: {message}") from exc
+        raise
 
 
 async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
     """Run with signal handling; fills ``summary`` with the metrics, even on failure."""
     from streamer.metrics import format_summary
 
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            name = signal.Signals(signum).name
-            print(f"\nstreamer: {name}: draining (again to abort)", file=sys.stderr)
-            pipeline.stop("interrupted")
-        else:
-            pipeline.abort()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
     code = EXIT_OK
     assert pipeline.metrics is not None
     try:
-        await pipeline.run()
+        with _Interrupts("draining", lambda: pipeline.stop("interrupted"), pipeline.abort):
+            await pipeline.run()
     except asyncio.CancelledError:
         if not pipeline.aborted:
             raise
         print("streamer: aborted", file=sys.stderr)
         code = EXIT_ABORTED
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
         summary.update(pipeline.metrics.summary())
     # After a failure the error line is the only thing on stderr (--metrics still has it).
     print(format_summary(summary), file=sys.stderr)
@@ -168,39 +252,93 @@ async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
 
 # -- record ------------------------------------------------------------------------------
 def _record(args: argparse.Namespace) -> int:
+    """Record a source. The first SIGINT or SIGTERM stops and keeps what was recorded (a
+    valid recording, streams ended with reason ``stopped``); a second aborts and removes
+    the temporary folder (exit 130)."""
     from streamer.clock import Clock, RealClock, VirtualClock
     from streamer.recorder import record
     from streamer.sources import SourceOptions, open_source
 
+    out_dir = Path(args.out_dir)
+    _check_partials(out_dir, args.clean)
     size = _parse_size(args.size) if args.size else None
     live = args.source.startswith(LIVE_PREFIXES)
-    # A file is recorded as if captured live, on a virtual clock: captured = start + pts.
-    clock: Clock = RealClock() if live else VirtualClock()
+    realtime = live or args.pace == "realtime"
+    # Otherwise a file is recorded as if captured live, on a virtual clock:
+    # captured = start + pts.
+    clock: Clock = RealClock() if realtime else VirtualClock()
     options = SourceOptions(
         rate=args.rate, chunk=args.chunk, size=size, mono=args.mono, pace="realtime"
     )
     source = open_source(args.source, options, clock)
+    endless = getattr(source, "total_frames", 0) is None and args.source.startswith("synthetic:")
+    if endless and not realtime and args.duration is None and args.max_frames is None:
+        raise InputError(
+            f"record: {args.source} never ends: give --duration or --max-frames, or "
+            f"--pace realtime and stop it with Ctrl-C"
+        )
 
     async def go() -> Any:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        stop = asyncio.Event()
+        interrupts = _Interrupts("finishing the recording", stop.set, main_task.cancel)
         try:
-            return await record(
-                source,
-                Path(args.out_dir),
-                duration=args.duration,
-                max_frames=args.max_frames,
-                clock=clock,
-                description=args.source,
-            )
+            with interrupts:
+                return await record(
+                    source,
+                    out_dir,
+                    duration=args.duration,
+                    max_frames=args.max_frames,
+                    clock=clock,
+                    description=args.source,
+                    stop=stop,
+                )
+        except asyncio.CancelledError:
+            if not interrupts.aborted:
+                raise
+            return None
         finally:
             await source.aclose()
 
     summary = asyncio.run(go())
+    if summary is None:
+        if out_dir.exists():  # aborted while the finished recording was put in place
+            print(f"streamer: aborted; the recording {out_dir} was complete", file=sys.stderr)
+        else:
+            print(f"streamer: aborted; nothing was written to {out_dir}", file=sys.stderr)
+        return EXIT_ABORTED
     for stream in summary.streams:
         print(
             f"recorded {summary.frames[stream]} frames ({summary.duration[stream]:.2f} s) "
             f"of stream '{stream}' to {summary.path}"
         )
     return EXIT_OK
+
+
+def _check_partials(out_dir: Path, clean: bool) -> None:
+    """Refuse to record beside unfinished recordings of ``out_dir`` (or, with ``clean``,
+    delete those whose recorder is gone); never beside one still being recorded."""
+    from streamer.recording import partial_folders, remove_partial_folders
+
+    partials = partial_folders(out_dir)
+    running = [p for p in partials if p.running]
+    if running:
+        raise InputError(
+            f"{out_dir}: process {running[0].pid} is already recording it "
+            f"(into {running[0].path})"
+        )
+    if not partials:
+        return
+    if clean:
+        for path in remove_partial_folders(out_dir):
+            print(f"streamer: removed unfinished recording {path}", file=sys.stderr)
+        return
+    names = ", ".join(str(p.path) for p in partials)
+    raise InputError(
+        f"{out_dir}: unfinished recordings left by a killed `streamer record` are beside it "
+        f"({names}): delete them, or add --clean to delete them and record"
+    )
 
 
 def _parse_size(text: str) -> tuple[int, int]:

@@ -1,5 +1,11 @@
 """Pipeline files: TOML validated by pydantic; unknown keys are errors naming key and file.
 
+Types are strict (``chunk = true`` or ``chunk = "512"`` is refused, not converted), every
+number must be finite and within bounds a real device or file could need, and options that
+depend on each other (labels named by thresholds and smoothing, head options) are checked
+together, so a bad file is refused before the first frame. Command-line overrides go
+through the same models (:func:`with_overrides`), so their errors read the same way.
+
 Relative paths in a pipeline file (source URI, sink paths, model paths) are taken relative
 to the current directory, as on the command line.
 """
@@ -10,11 +16,34 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from streamer.errors import InputError
 
 Mode = Literal["realtime", "online", "offline"]
+
+# Strict scalars: no bool-as-int, no str-as-number; floats finite (ints are accepted).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = StrictBool
+Str = StrictStr
+
+#: Bounds: generous for real devices and files, tight enough to refuse what cannot work.
+MAX_RATE = 384_000.0  # audio Hz (the highest common ADC rate); video fps are far below
+MAX_CHUNK = 1 << 20  # audio samples per frame (over 2 s at 384 kHz)
+MAX_SIDE = 16_384  # video pixels per side
+MAX_SECONDS = 366 * 24 * 3600.0  # run duration, ttl: a year
+MAX_THREADS = 256
 
 
 class _Section(BaseModel):
@@ -24,15 +53,50 @@ class _Section(BaseModel):
 class SourceConfig(_Section):
     """``[source]``: where frames come from."""
 
-    uri: str
-    rate: Annotated[float, Field(gt=0)] | None = None
-    chunk: Annotated[int, Field(ge=1)] = 512
-    size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = None
-    mono: bool = False
+    uri: Str
+    rate: Annotated[Float, Field(gt=0, le=MAX_RATE)] | None = None
+    chunk: Annotated[Int, Field(ge=1, le=MAX_CHUNK)] = 512
+    size: (
+        tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
+        | None
+    ) = None
+    mono: Bool = False
     pace: Literal["realtime", "fast"] | None = None
-    speed: Annotated[float, Field(gt=0)] = 1.0
-    loop: bool = False
-    stream: str | None = None
+    speed: Annotated[Float, Field(ge=0.01, le=1000)] = 1.0
+    loop: Bool = False
+    stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
+
+
+class SmoothingConfig(_Section):
+    """``[model] smoothing``: hysteresis on a target label's score, minimum durations (s)."""
+
+    on: Annotated[Float, Field(ge=0)] | None = None
+    off: Annotated[Float, Field(ge=0)] | None = None
+    target: Str | None = None
+    default: Str | None = None
+    min_on: Annotated[Float, Field(ge=0, le=3600)] = 0.0
+    min_off: Annotated[Float, Field(ge=0, le=3600)] = 0.0
+    segment_labels: list[Str] | None = None
+    emit_frames: Bool = True
+    emit_segments: Bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SmoothingConfig:
+        if self.off is not None and self.on is None:
+            raise ValueError("'off' needs 'on' (hysteresis turns on at 'on', off below 'off')")
+        if self.on is not None and self.off is not None and self.off > self.on:
+            raise ValueError(f"off ({self.off}) must be <= on ({self.on})")
+        return self
+
+
+#: Per head, the ``[model]`` keys that only it takes.
+HEAD_KEYS: dict[str, tuple[str, ...]] = {
+    "frame": (),
+    "window": ("window", "hop", "reduce", "partial"),
+    "sequence": ("reduce", "segment_on_gap"),
+    "generate": ("max_len", "end_token"),
+}
+_ALL_HEAD_KEYS = {key for keys in HEAD_KEYS.values() for key in keys}
 
 
 class ModelConfig(_Section):
@@ -43,71 +107,135 @@ class ModelConfig(_Section):
     built-in thresholder (``builtin``, ``threshold``) labels frames.
     """
 
-    factory: str | None = None
-    path: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    factory: Str | None = None
+    path: Str | None = None
+    options: dict[Str, Any] = Field(default_factory=dict)
     builtin: Literal["energy", "brightness", "auto"] = "auto"
-    threshold: float | None = None
-    labels: list[str] | None = None
+    threshold: Float | None = None
+    labels: list[Annotated[Str, Field(min_length=1)]] | None = None
     features: Literal["raw", "logmel", "pixels"] = "raw"
-    feature_options: dict[str, Any] = Field(default_factory=dict)
+    feature_options: dict[Str, Any] = Field(default_factory=dict)
     head: Literal["frame", "window", "sequence", "generate"] = "frame"
-    window: Annotated[int, Field(ge=1)] | None = None
-    hop: Annotated[int, Field(ge=1)] | None = None
+    window: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
+    hop: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
     reduce: Literal["mean", "max", "last"] | None = None
-    segment_on_gap: bool = False
-    partial: bool = False
+    segment_on_gap: Bool = False
+    partial: Bool = False
     activation: Literal["auto", "softmax", "sigmoid", "none"] = "auto"
-    thresholds: dict[str, float] | None = None
-    smoothing: dict[str, Any] | None = None
-    lookahead: Annotated[int, Field(ge=0)] = 0
-    chunk: Annotated[int, Field(ge=1)] = 1
-    offline_chunk: Annotated[int, Field(ge=0)] = 0
+    thresholds: dict[Str, Float] | None = None
+    smoothing: SmoothingConfig | None = None
+    lookahead: Annotated[Int, Field(ge=0, le=100_000)] = 0
+    chunk: Annotated[Int, Field(ge=1, le=1_000_000)] = 1
+    offline_chunk: Annotated[Int, Field(ge=0, le=1_000_000_000)] = 0
     on_gap: Literal["reset", "keep"] = "reset"
     on_invalid: Literal["drop", "error"] = "drop"
-    max_batch: Annotated[int, Field(ge=1)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0)] = 0.0
-    ttl: Annotated[float, Field(gt=0)] | None = None
-    threads: Annotated[int, Field(ge=1)] | None = None
+    max_batch: Annotated[Int, Field(ge=1, le=65_536)] = 64
+    max_wait_ms: Annotated[Float, Field(ge=0, le=60_000)] = 0.0
+    ttl: Annotated[Float, Field(gt=0, le=MAX_SECONDS)] | None = None
+    threads: Annotated[Int, Field(ge=1, le=MAX_THREADS)] | None = None
     device: Literal["cpu", "cuda"] = "cpu"
-    max_len: Annotated[int, Field(ge=1)] = 16
-    end_token: str | None = None
+    max_len: Annotated[Int, Field(ge=1, le=100_000)] = 16
+    end_token: Str | None = None
 
     @property
     def is_builtin(self) -> bool:
         return self.factory is None and self.path is None
 
     @model_validator(mode="after")
-    def _labels(self) -> ModelConfig:
+    def _consistent(self) -> ModelConfig:
+        given = self.model_fields_set
         if self.is_builtin:
+            extra = [key for key in MODEL_ONLY if key in given]
+            if extra:
+                raise ValueError(
+                    f"{extra[0]}: a model key, but no model is configured (give factory or"
+                    " path; the built-in thresholder takes builtin, threshold, labels)"
+                )
             if self.labels is not None and len(self.labels) != 2:
                 raise ValueError("labels: the built-in thresholder takes two labels")
-        elif not self.labels:
+            return self
+        if "builtin" in given or "threshold" in given:
+            key = "builtin" if "builtin" in given else "threshold"
+            raise ValueError(f"{key}: a key of the built-in thresholder, not of a model")
+        if not self.labels:
             raise ValueError("labels: a model needs its output labels (labels = [...])")
+        labels = self.labels
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels: each label once, got {labels}")
+        for key in sorted((_ALL_HEAD_KEYS - set(HEAD_KEYS[self.head])) & given):
+            takers = [h for h, keys in HEAD_KEYS.items() if key in keys]
+            raise ValueError(
+                f"{key}: an option of the {' or '.join(takers)} head, but head = '{self.head}'"
+            )
+        if self.head == "window" and self.window is None:
+            raise ValueError("window: head = 'window' needs window = W (steps)")
         if self.head == "sequence" and self.reduce == "max":
             raise ValueError("reduce: the sequence head reduces by 'last' or 'mean'")
-        if self.head == "window" and self.window is None:
-            raise ValueError("window: head = 'window' needs window = W (frames)")
+        if self.head == "generate":
+            if self.end_token is not None and self.end_token not in labels:
+                raise ValueError(
+                    f"end_token: {self.end_token!r} is not in the vocabulary (labels {labels})"
+                )
+            if "activation" in given or self.thresholds or self.smoothing:
+                key = next(
+                    k for k in ("activation", "thresholds", "smoothing") if k in given
+                )
+                raise ValueError(f"{key}: the generate head picks tokens; it takes no {key}")
+            if self.lookahead:
+                raise ValueError("lookahead: the generate head takes no lookahead")
+        if self.activation == "softmax" and len(labels) == 1:
+            raise ValueError("activation: softmax over one label is always 1; use sigmoid")
+        for label in self.thresholds or {}:
+            _known(label, labels, "thresholds")
+        if self.smoothing is not None:
+            _check_smoothing(self.smoothing, labels)
         return self
+
+
+#: ``[model]`` keys of the built-in thresholder; every other key needs a model.
+BUILTIN_KEYS = ("builtin", "threshold", "labels")
+MODEL_ONLY = [key for key in ModelConfig.model_fields if key not in BUILTIN_KEYS]
+
+
+def _known(label: str, labels: list[str], key: str) -> None:
+    if label not in labels:
+        raise ValueError(f"{key}: {label!r} is not one of the labels {labels}")
+
+
+def _check_smoothing(smoothing: SmoothingConfig, labels: list[str]) -> None:
+    default = smoothing.default if smoothing.default is not None else labels[0]
+    _known(default, labels, "smoothing.default")
+    if smoothing.target is not None:
+        _known(smoothing.target, labels, "smoothing.target")
+        if smoothing.target == default:
+            raise ValueError(
+                f"smoothing.target: {smoothing.target!r} is the default label; name another"
+            )
+    for label in smoothing.segment_labels or []:
+        _known(label, labels, "smoothing.segment_labels")
+    if smoothing.on is not None and smoothing.target is None and len(labels) != 2:
+        raise ValueError(
+            "smoothing.target: hysteresis ('on') over more than two labels needs a target label"
+        )
 
 
 class RunConfig(_Section):
     """``[run]``: mode and limits."""
 
     mode: Mode = "online"
-    duration: Annotated[float, Field(gt=0)] | None = None
-    max_frames: Annotated[int, Field(ge=1)] | None = None
-    queue: Annotated[int, Field(ge=1)] | None = None
+    duration: Annotated[Float, Field(gt=0, le=MAX_SECONDS)] | None = None
+    max_frames: Annotated[Int, Field(ge=1, le=10**12)] | None = None
+    queue: Annotated[Int, Field(ge=1, le=65_536)] | None = None
 
 
 class ConsoleSinkConfig(_Section):
     type: Literal["console"]
-    every: Annotated[int, Field(ge=1)] = 1
+    every: Annotated[Int, Field(ge=1, le=10**9)] = 1
 
 
 class JsonlSinkConfig(_Section):
     type: Literal["jsonl"]
-    path: str
+    path: Annotated[Str, Field(min_length=1)]
 
 
 SinkConfig = Annotated[ConsoleSinkConfig | JsonlSinkConfig, Field(discriminator="type")]
@@ -154,10 +282,54 @@ def parse_config(data: dict[str, Any], origin: str = "<pipeline>") -> PipelineCo
         raise InputError(f"{origin}: {describe_error(exc)}") from None
 
 
+#: Command-line flags and the keys they set, so that their errors name the flag.
+FLAGS: dict[tuple[str, str], str] = {
+    ("source", "uri"): "--source",
+    ("source", "pace"): "--pace",
+    ("source", "speed"): "--speed",
+    ("run", "mode"): "--mode",
+    ("run", "duration"): "--duration",
+    ("run", "max_frames"): "--max-frames",
+}
+
+
+def with_overrides(
+    config: PipelineConfig, changes: dict[tuple[str, str], Any], origin: str
+) -> PipelineConfig:
+    """``config`` with ``changes`` (``(section, key) -> value``; key ``""`` replaces the
+    whole section) applied and validated.
+
+    A bad value raises an InputError naming the command-line flag that gave it (or the
+    key and ``origin`` when no flag did).
+    """
+    data: dict[str, Any] = config.model_dump(exclude_unset=True, round_trip=True)
+    data.setdefault("source", {})
+    for (section, key), value in changes.items():
+        if key:
+            data.setdefault(section, {})[key] = value
+        else:  # a whole section (the sinks list)
+            data[section] = value
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(str(part) for part in error["loc"][:2])
+        flag = FLAGS.get((loc[0], loc[1])) if len(loc) == 2 else None
+        if flag is not None and (loc[0], loc[1]) in changes:
+            return _raise_flag(flag, error)
+        raise InputError(f"{origin}: {describe_error(exc)}") from None
+
+
+def _raise_flag(flag: str, error: Any) -> PipelineConfig:
+    raise InputError(f"{flag}: {_message(error)} (got {error.get('input')!r})")
+
+
 def describe_error(exc: ValidationError) -> str:
     """The first validation problem as one line: where (section and key) and what."""
     error = exc.errors()[0]
     loc = [part for part in error["loc"] if part not in ("console", "jsonl")]
+    # pydantic names the branch of an optional field ("constrained-float"...): drop it
+    loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("constr")))]
     where = _where(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -166,8 +338,26 @@ def describe_error(exc: ValidationError) -> str:
         return f"missing key '{loc[-1]}' in {_where(loc[:-1]) or 'the top level'}"
     given = error.get("input")
     shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
-    message = error["msg"].removeprefix("Value error, ")
-    return f"{where or 'pipeline'}: {message}{shown}"
+    return f"{where or 'pipeline'}: {_message(error)}{shown}"
+
+
+_EXPECTED = {
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "finite_number": "expected a finite number",
+    "dict_type": "expected a table",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+}
+
+
+def _message(error: Any) -> str:
+    expected = _EXPECTED.get(error["type"])
+    if expected is not None:
+        return expected
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _where(loc: list[Any]) -> str:

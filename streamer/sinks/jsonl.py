@@ -1,50 +1,66 @@
 """JSON Lines sink: one complete JSON object per output, flushed line by line.
 
 A line is written with a single ``write`` of the whole line and flushed, so a run that
-fails or is interrupted leaves a file whose every line parses.
+fails or is interrupted leaves a file whose every line parses. The file is checked when
+the sink is made but opened (created or truncated) only when the run delivers its first
+output or closes: a run refused before it starts leaves the file as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TextIO
 
 from streamer.errors import InputError
 from streamer.frames import Output
+from streamer.safety import check_writable
 from streamer.worker import Worker
 
 
 class JsonlSink:
-    """Writes ``output.to_json()`` per line to ``path`` (created or truncated at start)."""
+    """Writes ``output.to_json()`` per line to ``path`` (created or truncated on first use)."""
 
     def __init__(self, path: str | Path, worker: Worker | None = None) -> None:
         self.path = Path(path)
         self.name = f"sink:jsonl:{self.path.name}"
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise InputError(f"{self.path}: cannot write output: folder '{parent}' does not exist")
-        if self.path.is_dir():
-            raise InputError(f"{self.path}: cannot write output: it is a folder")
-        try:
-            self._file: TextIO | None = self.path.open("w", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{self.path}: cannot write output: {exc.strerror}") from exc
+        check_writable(self.path)
+        self._file: TextIO | None = None
+        self._opened = False
         self._worker = worker or Worker(self.name)
+
+    def _ensure_open(self) -> TextIO:
+        if self._file is None:
+            if self._opened:
+                raise RuntimeError(f"{self.name}: send after close")
+            self._opened = True
+            try:
+                self._file = self.path.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise InputError(f"{self.path}: cannot write output: {exc.strerror}") from exc
+        return self._file
 
     async def send(self, output: Output) -> None:
         line = json.dumps(output.to_json(), ensure_ascii=False, allow_nan=False) + "\n"
-        await self._worker.call(self._write, line)
+        # Through: an abort lets a line being written land, so the run's output count
+        # matches the file. A write whose reader has gone raises BrokenPipeError (the
+        # pipeline then stops the run, `streamer run --out /dev/stdout | head`).
+        await self._worker.call_through(self._write, line)
 
     def _write(self, line: str) -> None:
-        if self._file is None:
-            raise RuntimeError(f"{self.name}: send after close")
-        self._file.write(line)
-        self._file.flush()
+        file = self._ensure_open()
+        file.write(line)
+        file.flush()
 
     async def aclose(self) -> None:
         # Synchronous on purpose: it must complete even while the run is being cancelled.
+        if not self._opened:
+            self._ensure_open()  # a run without outputs still leaves an (empty) file
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            # The reader of a pipe may have gone: the lines it did not take are lost.
+            with contextlib.suppress(BrokenPipeError):
+                file.close()
         self._worker.close()
+
