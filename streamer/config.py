@@ -316,12 +316,23 @@ def with_overrides(
         loc = tuple(str(part) for part in error["loc"][:2])
         flag = FLAGS.get((loc[0], loc[1])) if len(loc) == 2 else None
         if flag is not None and (loc[0], loc[1]) in changes:
-            return _raise_flag(flag, error)
+            raise _flag_error(flag, error) from None
         raise InputError(f"{origin}: {describe_error(exc)}") from None
 
 
-def _raise_flag(flag: str, error: Any) -> PipelineConfig:
-    raise InputError(f"{flag}: {_message(error)} (got {error.get('input')!r})")
+def source_from_flags(values: dict[str, Any], flags: dict[str, str]) -> SourceConfig:
+    """A ``[source]`` section from command-line values (``key -> value``), validated like
+    a pipeline file; an error names the flag (``flags``: key -> flag) that gave the value."""
+    try:
+        return SourceConfig.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else ""
+        raise _flag_error(flags.get(key, key), error) from None
+
+
+def _flag_error(flag: str, error: Any) -> InputError:
+    return InputError(f"{flag}: {_message(error)} (got {error.get('input')!r})")
 
 
 def describe_error(exc: ValidationError) -> str:
@@ -353,10 +364,22 @@ _EXPECTED = {
 }
 
 
+_BOUNDS = {
+    "greater_than_equal": ">=",
+    "greater_than": ">",
+    "less_than_equal": "<=",
+    "less_than": "<",
+}
+
+
 def _message(error: Any) -> str:
     expected = _EXPECTED.get(error["type"])
     if expected is not None:
         return expected
+    bound = _BOUNDS.get(error["type"])
+    if bound is not None:
+        limit = next(iter((error.get("ctx") or {}).values()), "?")
+        return f"expected a value {bound} {limit}"
     return str(error["msg"]).removeprefix("Value error, ")
 
 
