@@ -67,7 +67,7 @@ def main() -> None:
                     delay = epoch + index / args.fps - time.time()
                     if delay > 0:
                         time.sleep(delay)
-                    ok, jpeg = cv2.imencode(".jpg", encode_index(index, width, height))
+                    _ok, jpeg = cv2.imencode(".jpg", encode_index(index, width, height))
                     data = jpeg.tobytes()
                     self.wfile.write(
                         b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
