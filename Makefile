@@ -14,7 +14,10 @@ STAMP := $(VENV)/.installed
 #   make demo TORCH='torch==2.9.1'                                  (another version)
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg
+# OpenCV needs libGL; FFmpeg decodes; PortAudio captures microphones. The tests also run a
+# private PulseAudio server as a virtual microphone.
+APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg libportaudio2
+TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils
 
 .PHONY: demo test lint typecheck pytest system-deps venv clean
 
@@ -23,6 +26,7 @@ demo: system-deps $(STAMP)
 	$(BIN)/streamer run pipelines/speech_energy.toml --out out/demo.jsonl --metrics out/demo-metrics.json
 	@echo "outputs: out/demo.jsonl  metrics: out/demo-metrics.json"
 
+test: APT_PACKAGES := $(TEST_APT_PACKAGES)
 test: system-deps $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)

@@ -1,0 +1,215 @@
+"""Microphones through PortAudio (sounddevice): ``mic:``, ``mic:INDEX`` or ``mic:NAME``.
+
+A ``sounddevice.InputStream`` calls back on PortAudio's thread with exactly ``chunk``
+samples (``blocksize = chunk``); the callback copies them into a frame and hands it to a
+:class:`~streamer.sources.push.PushBuffer`, never blocking the driver. Each frame's
+``captured`` is the ADC time of its first sample mapped onto the pipeline clock, and its
+``pts`` the media time since the stream began. When PortAudio reports ``input_overflow``
+(samples the driver discarded), the ADC time jump says how many chunks were lost and a
+``Gap`` (reason ``input-overflow``) takes their place; the overflow is counted.
+
+Options: ``rate`` (Hz; default the device's), ``chunk`` (samples per frame), ``mono``
+(one channel; otherwise up to two), ``latency`` (PortAudio's ``low``/``high`` or seconds).
+Bad input (no PortAudio, an unknown device, a rate the device refuses) is an
+:class:`~streamer.errors.InputError` that lists what is available.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from streamer.clock import Clock
+from streamer.errors import InputError
+from streamer.frames import Frame, Gap
+from streamer.sources.base import SourceOptions
+from streamer.sources.push import PushBuffer, PushPolicy, PushSource
+
+log = logging.getLogger(__name__)
+
+COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000)
+
+
+def import_sounddevice() -> Any:
+    """The sounddevice module, or an InputError naming the Debian package PortAudio is in."""
+    try:
+        import sounddevice
+    except OSError as exc:  # sounddevice imports fine but cannot find libportaudio
+        raise InputError(
+            "microphone: the PortAudio library is missing (Debian/Ubuntu: apt-get install"
+            f" libportaudio2; macOS: brew install portaudio): {exc}"
+        ) from None
+    except ImportError:
+        raise InputError(
+            "microphone: sounddevice is not installed (pip install sounddevice)"
+        ) from None
+    return sounddevice
+
+
+def input_devices(sd: Any) -> list[dict[str, Any]]:
+    """PortAudio's input devices: index, name, default rate, channels, default or not."""
+    try:
+        default = sd.default.device[0]
+        devices = sd.query_devices()
+    except Exception:  # PortAudio without any host API
+        return []
+    if default is None or default < 0:
+        try:
+            default = sd.query_devices(kind="input")["index"]
+        except Exception:
+            default = None
+    return [
+        {
+            "index": int(d["index"]),
+            "name": str(d["name"]),
+            "default_rate": float(d["default_samplerate"]),
+            "channels": int(d["max_input_channels"]),
+            "default": int(d["index"]) == default,
+        }
+        for d in devices
+        if int(d["max_input_channels"]) > 0
+    ]
+
+
+def resolve_device(sd: Any, uri: str) -> dict[str, Any]:
+    """The input device ``mic:``, ``mic:INDEX`` or ``mic:NAME`` names (a unique match of a
+    case-insensitive substring); an InputError lists the inputs there are."""
+    target = uri.removeprefix("mic:").strip()
+    devices = input_devices(sd)
+    listing = "; ".join(f"{d['index']}: {d['name']}" for d in devices) or "none"
+    if not devices:
+        raise InputError(f"{uri}: no microphone (PortAudio lists no input device)")
+    if not target:
+        chosen = [d for d in devices if d["default"]] or devices[:1]
+        return chosen[0]
+    if target.isdigit():
+        found = [d for d in devices if d["index"] == int(target)]
+        if not found:
+            raise InputError(f"{uri}: no input device {target}; inputs: {listing}")
+        return found[0]
+    if not target.isprintable() or len(target) > 200:
+        raise InputError(f"{uri}: expected mic:, mic:INDEX or mic:NAME")
+    exact = [d for d in devices if d["name"].lower() == target.lower()]
+    found = exact or [d for d in devices if target.lower() in d["name"].lower()]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"{uri}: no input device named like {target!r}; inputs: {listing}")
+    names = ", ".join(repr(d["name"]) for d in found)
+    raise InputError(f"{uri}: {target!r} matches several inputs ({names}); use mic:INDEX")
+
+
+class MicrophoneSource(PushSource):
+    """One microphone as a live audio stream (see the module docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        options: SourceOptions,
+        clock: Clock,
+        *,
+        policy: PushPolicy = "latest",
+        capacity: int = 64,
+        latency: str | float = "low",
+    ) -> None:
+        super().__init__(PushBuffer(uri, capacity, policy))
+        sd = import_sounddevice()
+        self.sd = sd
+        self.uri = uri
+        self.clock = clock
+        self.device = resolve_device(sd, uri)
+        self.rate = float(options.rate or self.device["default_rate"])
+        self.channels = 1 if options.mono else max(1, min(2, self.device["channels"]))
+        self.chunk = options.chunk
+        self.latency = latency
+        self.stream = options.stream or "mic"
+        self.name = f"source:{self.stream}"
+        self.media = "audio"
+        self.period = self.chunk / self.rate
+        self.total_frames = None
+        self.overflows = 0
+        self._check_settings()
+        self.meta: dict[str, object] = {
+            "uri": uri,
+            "device": self.device["name"],
+            "channels": self.channels,
+            "chunk": self.chunk,
+            "live": True,
+        }
+        self._stream: Any = None
+        self._index = 0
+        self._offset = 0.0
+        self._first_adc: float | None = None
+        self._next_adc: float | None = None
+
+    def _check_settings(self) -> None:
+        sd, device = self.sd, self.device["index"]
+        try:
+            sd.check_input_settings(
+                device=device, samplerate=self.rate, channels=self.channels, dtype="float32"
+            )
+        except Exception as exc:
+            supported = []
+            for rate in COMMON_RATES:
+                try:
+                    sd.check_input_settings(device=device, samplerate=rate, channels=self.channels)
+                    supported.append(rate)
+                except Exception:
+                    continue
+            raise InputError(
+                f"{self.uri}: device {self.device['name']!r} refuses {self.rate:g} Hz with"
+                f" {self.channels} channel(s) ({exc}); it supports"
+                f" {', '.join(map(str, supported)) or 'none of the common rates'}"
+            ) from None
+
+    # -- device lifecycle -------------------------------------------------------------------
+    def _start_device(self) -> None:
+        try:
+            stream = self.sd.InputStream(
+                device=self.device["index"],
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="float32",
+                blocksize=self.chunk,
+                latency=self.latency,
+                callback=self._callback,
+            )
+            # PortAudio's clock -> the pipeline's: one offset, taken when the stream opens
+            self._offset = self.clock.now() - float(stream.time)
+            stream.start()
+        except Exception as exc:
+            raise InputError(f"{self.uri}: cannot start capture: {exc}") from None
+        self._stream = stream
+
+    def _stop_device(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.stop()
+            finally:
+                stream.close()
+
+    # -- PortAudio's thread -----------------------------------------------------------------
+    def _callback(self, indata: np.ndarray[Any, Any], frames: int, times: Any, status: Any) -> None:
+        adc = float(getattr(times, "inputBufferAdcTime", 0.0) or 0.0)
+        if adc <= 0.0:  # some host APIs give no ADC time: the callback's own time then
+            adc = float(getattr(times, "currentTime", 0.0) or 0.0)
+        if self._first_adc is None:
+            self._first_adc = adc
+        if status.input_overflow and self._next_adc is not None:
+            self.overflows += 1
+            lost = max(1, round((adc - self._next_adc) / self.period))
+            pts = self._index * self.period
+            self.buffer.offer(Gap(self.stream, self._index, lost, pts, "input-overflow"))
+            self._index += lost
+        data = np.array(indata[:frames], dtype=np.float32, copy=True)
+        if frames < self.chunk:  # only a stream's very last block can be short
+            pad = np.zeros((self.chunk - frames, self.channels), np.float32)
+            data = np.concatenate([data, pad])
+        pts = self._index * self.period
+        captured = adc + self._offset
+        self.buffer.offer(Frame(self.stream, self._index, pts, captured, data, self.rate))
+        self._index += 1
+        self._next_adc = adc + frames / self.rate
