@@ -10,17 +10,25 @@ features: a front-end never looks at where chunks begin.
   [0, 1], channels kept in BGR order).
 - ``logmel``: log mel spectrogram of mono audio, hop-spaced steps (see :class:`LogMel`).
 - ``pixels``: one ``[C, H, W]`` image per frame, resized, RGB, normalised (see :class:`Pixels`).
+
+Audio sources zero-pad their last frame to a full chunk; ``samples`` (from
+``StreamStart.meta["samples"]``, see :func:`real_samples`) says how many samples of the
+stream are real. ``logmel`` ignores the padding (the same audio gives the same steps
+whatever the chunk); ``raw`` keeps it in its input (the model's format) but no step's
+duration reaches past the last real sample.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import soxr
 import torch
 from torch import Tensor
 
@@ -40,12 +48,20 @@ class Step:
 
     ``index`` is the frame index (for ``logmel``: the feature step's index, see
     :class:`LogMel`), ``pts`` its media time in seconds, ``captured`` the capture time of
-    the newest frame the step depends on (for latency).
+    the newest frame the step depends on (for latency), ``duration`` the media seconds the
+    step stands for from ``pts`` on (None: unknown); consecutive steps tile the media time,
+    and a stream's last step ends where its real samples end (when that is known).
     """
 
     index: int
     pts: float
     captured: float
+    duration: float | None = None
+
+    @property
+    def end(self) -> float | None:
+        """Media time where the step ends: ``pts + duration`` (None when unknown)."""
+        return None if self.duration is None else self.pts + self.duration
 
 
 class Features:
@@ -81,9 +97,11 @@ class Features:
         return self.push(data)
 
     def push_frame(self, frame: Frame) -> tuple[Tensor, list[Step]]:
-        """:meth:`push` of ``frame.data``, with one :class:`Step` per row of the result."""
+        """:meth:`push` of ``frame.data``, with one :class:`Step` per row of the result
+        (lasting the frame's duration)."""
         x = self.push(frame.data)
-        return x, [Step(frame.index, frame.pts, frame.captured)] * int(x.shape[0])
+        step = Step(frame.index, frame.pts, frame.captured, frame.duration)
+        return x, [step] * int(x.shape[0])
 
     def gap(self) -> None:
         """Frames were lost: drop anything carried over that would join across the gap."""
@@ -99,6 +117,34 @@ class Features:
                 f"{self.name} features: a frame gives steps of shape {list(shape)},"
                 f" expected {list(self._shape)} like the earlier frames"
             )
+
+
+def real_samples(meta: Mapping[str, Any]) -> int | None:
+    """The stream's real sample count from its ``StreamStart.meta``: ``meta["samples"]``,
+    or None when unknown or when the stream loops (``meta["loop"]``: it has no end)."""
+    samples = meta.get("samples")
+    if meta.get("loop") or isinstance(samples, bool) or not isinstance(samples, int | float):
+        return None
+    return max(0, int(samples))
+
+
+def _real_count(pts: float, length: int, rate: float, samples: int | None) -> int:
+    """How many of a frame's ``length`` samples (first at ``pts``) lie before the stream's
+    ``samples`` real ones (all when ``samples`` is None)."""
+    if samples is None:
+        return length
+    first = round(pts * rate)
+    return max(0, min(length, samples - first))
+
+
+def resampled_length(samples: int, rate: float, new_rate: float) -> int:
+    """How many samples ``soxr`` makes of ``samples`` at ``rate`` resampled to ``new_rate``
+    (one shot, or streamed to the last chunk): ``samples * new_rate / rate`` rounded, halves
+    up (exact arithmetic)."""
+    if rate == new_rate:
+        return samples
+    scaled = Fraction(samples) * Fraction(new_rate) / Fraction(rate)
+    return math.floor(scaled + Fraction(1, 2))
 
 
 def _as_samples(data: Any) -> Tensor:
@@ -129,6 +175,10 @@ class Raw(Features):
     Video ``[H, W, 3]`` uint8 -> ``[1, H*W*3]`` scaled to [0, 1], channels left in BGR order.
     ``chunk``/``channels`` (audio) or ``size`` (video, ``(W, H)``) declare the shape up
     front; otherwise the first frame sets it and later frames must match.
+
+    The padding stays in the step (it is the model's input format), but an audio step's
+    ``duration`` counts only the frame's real samples: those given (not padded here), and
+    of them only those before the stream's ``samples`` real ones when that is known.
     """
 
     name = "raw"
@@ -141,10 +191,12 @@ class Raw(Features):
         chunk: int | None = None,
         channels: int | None = None,
         size: tuple[int, int] | None = None,
+        samples: int | None = None,
     ) -> None:
         super().__init__()
         self.media_kind: Media = media
         self.chunk = chunk
+        self.samples = samples
         if media == "audio":
             if chunk is not None and channels is not None:
                 self._shape = (chunk * channels,)
@@ -169,6 +221,15 @@ class Raw(Features):
             x = samples.reshape(1, -1)
         self._learn_shape((int(x.shape[1]),))
         return x
+
+    def push_frame(self, frame: Frame) -> tuple[Tensor, list[Step]]:
+        """One step; for audio its duration is the frame's real samples over the rate."""
+        x = self.push(frame.data)
+        duration = frame.duration
+        if self.media_kind == "audio":
+            real = _real_count(frame.pts, len(frame.data), frame.rate, self.samples)
+            duration = real / frame.rate
+        return x, [Step(frame.index, frame.pts, frame.captured, duration)]
 
 
 # --- logmel -------------------------------------------------------------------------------
@@ -229,19 +290,40 @@ def mel_filterbank(
 class LogMel(Features):
     """Log mel spectrogram of mono audio, streamed: ``[T, n_mels]`` per push.
 
-    Frame ``t`` covers samples ``[t*hop, t*hop + n_fft)`` of the stream (no centre
-    padding: the first starts at sample 0) and is emitted by the push in which its last
-    sample arrives; leftover samples are kept for the next push, so the features of any
+    Rates: ``rate`` is the input's (the source's) sample rate; ``sample_rate`` (default:
+    ``rate``) the model's, the rate its features were trained at. When they differ the
+    input is resampled to ``sample_rate`` first, with a streaming ``soxr.ResampleStream``
+    (HQ, float64), whose chunked output equals one-shot ``soxr.resample``; so a model
+    trained at 16 kHz gets (nearly) the same features from a 44.1 kHz file as from a 16 kHz
+    one. Window and hop are counted at ``sample_rate``: ``n_fft``/``hop`` in samples
+    (defaults 400 and 160: 25 ms and 10 ms at 16 kHz), or ``window_s``/``hop_s`` in seconds
+    instead (rounded to whole samples; give one of each pair, not both).
+
+    Frame ``t`` covers samples ``[t*hop, t*hop + n_fft)`` of the (resampled) stream (no
+    centre padding: the first starts at sample 0) and is emitted by the push in which its
+    last sample arrives; leftover samples are kept for the next push, so the features of any
     chunking of a signal, concatenated, equal :func:`logmel_offline` of the whole signal.
     Per frame: periodic Hann window, ``|rfft|^2`` (power spectrum), the HTK (default) or
     Slaney mel filterbank of :func:`mel_filterbank`, then ``log(mel + log_offset)``.
     Multi-channel audio is averaged to mono first. Computed in float64, returned float32.
 
+    The end: ``samples`` is the number of real samples in the stream (at ``rate``; the
+    source's ``StreamStart.meta["samples"]``, None when unknown). :meth:`push_frame` ignores
+    the samples past it (a source's zero padding of its last frame), and the frame that
+    reaches it flushes the resampler, so the steps do not depend on the chunk size and none
+    lies past the end of the media. :meth:`push` takes ``last=True`` for the same flush.
+    Without a known end (a live stream) the resampler holds back its delay (about 10 ms
+    from 44.1 or 48 kHz, 30 ms from 8 kHz, to 16 kHz), so the last step or few of such a
+    stream are not made.
+
     :meth:`push_frame` steps: ``index`` counts feature steps from the stream's start (so
     outputs' ``start``/``end`` are step indices, ``hop`` samples apart, not frame indices),
-    ``pts`` is the media time of the step's first sample, ``captured`` that of the frame
-    that completed it. After :meth:`gap`, leftover samples are dropped and the next frame
-    starts a new run (step indices keep counting).
+    ``pts`` is the media time of the step's first sample (seconds of the stream's media
+    time, whatever the rates), ``duration`` is ``hop / sample_rate`` (the step duration),
+    except that the last step the real samples hold lasts to the end of the media (so the
+    steps tile it), ``captured`` that of the frame that completed it.
+    After :meth:`gap`, leftover samples (and the resampler's state) are dropped and the next
+    frame starts a new run (step indices keep counting).
     """
 
     name = "logmel"
@@ -251,33 +333,49 @@ class LogMel(Features):
         self,
         rate: float = 16000,
         *,
-        n_fft: int = 400,
-        hop: int = 160,
+        sample_rate: float | None = None,
+        n_fft: int | None = None,
+        hop: int | None = None,
+        window_s: float | None = None,
+        hop_s: float | None = None,
         n_mels: int = 40,
         f_min: float = 0.0,
         f_max: float | None = None,
         log_offset: float = 1e-6,
         mel_scale: MelScale = "htk",
+        samples: int | None = None,
     ) -> None:
         super().__init__()
+        if not rate > 0 or (sample_rate is not None and not sample_rate > 0):
+            raise ValueError(f"logmel: rates must be > 0 Hz, got {rate} and {sample_rate}")
+        self.rate = float(rate)
+        self.sample_rate = float(sample_rate) if sample_rate is not None else self.rate
+        n_fft = _samples_of("n_fft", n_fft, "window_s", window_s, self.sample_rate, 400)
+        hop = _samples_of("hop", hop, "hop_s", hop_s, self.sample_rate, 160)
         if n_fft < 1 or hop < 1 or n_mels < 1:
             raise ValueError(
                 f"logmel: n_fft, hop and n_mels must be >= 1, got {n_fft}, {hop}, {n_mels}"
             )
         if mel_scale not in ("htk", "slaney"):
             raise ValueError(f"logmel: mel_scale must be 'htk' or 'slaney', not {mel_scale!r}")
-        self.rate = float(rate)
         self.n_fft = n_fft
         self.hop = hop
         self.n_mels = n_mels
         self.log_offset = log_offset
         self.mel_scale: MelScale = mel_scale
+        self.samples = samples
+        self.resampling = self.sample_rate != self.rate
         self.window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
         self.filterbank = mel_filterbank(
-            rate=self.rate, n_fft=n_fft, n_mels=n_mels, f_min=f_min, f_max=f_max, scale=mel_scale
+            rate=self.sample_rate,
+            n_fft=n_fft,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            scale=mel_scale,
         )
         self._shape = (n_mels,)
-        self.step_duration = hop / self.rate
+        self.step_duration = hop / self.sample_rate
         self.reset()
 
     def reset(self) -> None:
@@ -289,10 +387,28 @@ class LogMel(Features):
         self._skip = 0  # samples still to drop before the next step starts (hop > n_fft)
         self._run_steps = 0  # steps emitted since the run's first sample
         self._run_pts: float | None = None  # media time of the run's first sample
+        self._run_last = math.inf  # the run's last step (index in the run), if known
+        self._resampler: Any = (
+            soxr.ResampleStream(self.rate, self.sample_rate, 1, dtype="float64", quality="HQ")
+            if self.resampling
+            else None
+        )
 
-    def push(self, data: Any) -> Tensor:
-        """Samples ``[N, C]`` or ``[N]`` -> the completed steps ``[T, n_mels]`` float32."""
+    def push(self, data: Any, *, last: bool = False) -> Tensor:
+        """Samples ``[N, C]`` or ``[N]`` at ``rate`` -> the completed steps ``[T, n_mels]``
+        float32. ``last``: no more samples follow in this run (flush the resampler; the
+        next push starts a new run, as after :meth:`gap`)."""
         samples = _as_samples(data).to(torch.float64).mean(dim=1)
+        if self._resampler is not None:
+            out = self._resampler.resample_chunk(samples.numpy(), last=last)
+            samples = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float64))
+        x = self._frames(samples)
+        if last:
+            self.gap()
+        return x
+
+    def _frames(self, samples: Tensor) -> Tensor:
+        """Samples ``[N]`` at ``sample_rate`` -> completed steps ``[T, n_mels]``."""
         if self._skip:
             dropped = min(self._skip, int(samples.shape[0]))
             samples = samples[dropped:]
@@ -313,17 +429,39 @@ class LogMel(Features):
         return self._features(frames)
 
     def push_frame(self, frame: Frame) -> tuple[Tensor, list[Step]]:
+        data = frame.data
+        length = len(data)
+        real = _real_count(frame.pts, length, self.rate, self.samples)
+        if real == 0 and length:
+            return torch.zeros(0, self.n_mels, dtype=torch.float32), []
+        last = self.samples is not None and round(frame.pts * self.rate) + real >= self.samples
+        if real < length:
+            data = data[:real]
         if self._run_pts is None:
             self._run_pts = frame.pts
-        first = self._run_steps
-        x = self.push(frame.data)
+            self._run_last = self._last_step(frame.pts)
+        run_pts, final, first = self._run_pts, self._run_last, self._run_steps
+        x = self.push(data, last=last)
         count = int(x.shape[0])
         base = self._steps - count
-        steps = [
-            Step(base + i, self._run_pts + (first + i) * self.hop / self.rate, frame.captured)
-            for i in range(count)
-        ]
+        hop_s = self.hop / self.sample_rate
+        end = math.inf if self.samples is None else self.samples / self.rate
+        steps = []
+        for i in range(count):
+            pts = run_pts + (first + i) * hop_s
+            duration = hop_s if first + i < final else max(0.0, end - pts)
+            steps.append(Step(base + i, pts, frame.captured, duration))
         return x, steps
+
+    def _last_step(self, run_pts: float) -> float:
+        """The last step (index in the run starting at ``run_pts``) that the real samples
+        hold, ``inf`` when the stream's end is unknown. It lasts to the end of the media,
+        so a stream's steps tile it."""
+        if self.samples is None:
+            return math.inf
+        start = round(run_pts * self.rate)  # the run's first sample
+        length = resampled_length(max(0, self.samples - start), self.rate, self.sample_rate)
+        return (length - self.n_fft) // self.hop
 
     def _features(self, frames: Tensor) -> Tensor:
         """``frames [T, n_fft]`` float64 -> ``[T, n_mels]`` float32."""
@@ -333,12 +471,32 @@ class LogMel(Features):
         return torch.log(mel + self.log_offset).to(torch.float32)
 
 
+def _samples_of(
+    name: str,
+    count: int | None,
+    seconds_name: str,
+    seconds: float | None,
+    rate: float,
+    default: int,
+) -> int:
+    """A window or hop in samples at ``rate``: ``count``, or ``seconds`` rounded, or the
+    default."""
+    if seconds is None:
+        return default if count is None else count
+    if count is not None:
+        raise ValueError(f"logmel: give {name} (samples) or {seconds_name} (seconds), not both")
+    if not seconds > 0:
+        raise ValueError(f"logmel: {seconds_name} must be > 0 seconds, got {seconds}")
+    return max(1, round(seconds * rate))
+
+
 def logmel_offline(signal: Any, **params: Any) -> Tensor:
     """The log mel features ``[T, n_mels]`` of a whole ``signal [N]`` or ``[N, C]`` at once.
 
-    ``params`` are :class:`LogMel`'s (``rate``, ``n_fft``, ``hop``, ...).
+    ``params`` are :class:`LogMel`'s (``rate``, ``sample_rate``, ``n_fft``, ``hop``, ...);
+    the whole signal is real (``samples`` plays no part).
     """
-    return LogMel(**params).push(signal)
+    return LogMel(**params).push(signal, last=True)
 
 
 # --- pixels -------------------------------------------------------------------------------
@@ -397,6 +555,8 @@ class Pixels(Features):
 # --- factory ------------------------------------------------------------------------------
 
 FEATURES: dict[str, type[Features]] = {"raw": Raw, "logmel": LogMel, "pixels": Pixels}
+#: Front-end arguments that describe the source or stream, not options a user sets.
+SOURCE_KEYS = ("media", "rate", "chunk", "channels", "size", "samples", "meta")
 
 
 def make_features(
@@ -407,14 +567,16 @@ def make_features(
     chunk: int | None = None,
     channels: int | None = None,
     size: tuple[int, int] | None = None,
+    meta: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> Features:
     """The front-end ``name`` (the ``[model] features`` key) for a stream of ``media``.
 
-    ``rate``/``chunk``/``channels``/``size`` describe the source (``[source]`` keys);
-    ``params`` are the front-end's own options (e.g. ``n_mels`` for ``logmel``). Raises
-    :class:`InputError` for an unknown name, one that does not fit the media, or an
-    option the front-end does not take.
+    ``rate``/``chunk``/``channels``/``size`` describe the source (``[source]`` keys),
+    ``meta`` is the stream's ``StreamStart.meta`` (audio front-ends take the number of real
+    samples from it, see :func:`real_samples`); ``params`` are the front-end's own options
+    (e.g. ``n_mels`` or ``sample_rate`` for ``logmel``). Raises :class:`InputError` for an
+    unknown name, one that does not fit the media, or an option the front-end does not take.
     """
     cls = FEATURES.get(name)
     if cls is None:
@@ -423,20 +585,21 @@ def make_features(
         )
     if cls.media is not None and cls.media != media:
         raise InputError(f"[model] features: {name!r} needs {cls.media}, but the source is {media}")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", *SOURCE_KEYS}
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise InputError(
             f"[model] features: {name!r} takes no option {unknown[0]!r};"
-            f" it takes {sorted(accepted - {'media', 'rate', 'chunk', 'channels', 'size'})}"
+            f" it takes {sorted(accepted)}"
         )
+    samples = real_samples(meta or {}) if media == "audio" else None
     try:
         if cls is Raw:
-            return Raw(media, rate=rate, chunk=chunk, channels=channels, size=size)
+            return Raw(media, rate=rate, chunk=chunk, channels=channels, size=size, samples=samples)
         if cls is LogMel:
             if rate is None:
                 raise InputError("[model] features: 'logmel' needs the audio rate ([source] rate)")
-            return LogMel(rate, **params)
+            return LogMel(rate, samples=samples, **params)
         return Pixels(size, rate=rate, **params)
     except (TypeError, ValueError) as exc:
         raise InputError(f"[model] features: {exc}") from None

@@ -16,6 +16,11 @@ Scores (:class:`Scorer`), with ``L = len(labels)``:
 
 Scores are computed in float64 and given as Python floats; labels come from a
 :class:`~streamer.postprocess.Labeler` (argmax unless thresholds are given).
+
+Every output carries the media time it covers: ``t0`` the first covered step's ``pts``,
+``t1`` the last covered step's end (``pts + duration``; None when the step's duration is
+unknown). Smoothing measures runs and builds segments from them; the JSONL record writes
+them only for segments.
 """
 
 from __future__ import annotations
@@ -142,12 +147,15 @@ def _output(
         label=labeler(scores),
         scores=scores,
         captured=last.captured,
+        t0=first.pts,
+        t1=last.end,
         extra=extra or {},
     )
 
 
 class FrameHead:
-    """One ``frame`` output per step (``start == end ==`` the step's index)."""
+    """One ``frame`` output per step (``start == end ==`` the step's index; ``t0``/``t1``
+    the step's ``pts`` and end)."""
 
     kind: OutputKind = "frame"
 
@@ -217,7 +225,9 @@ class WindowSchedule:
 
 class WindowHead:
     """A ``window`` output each time a window of ``window`` steps completes (then every
-    ``hop`` steps; default ``hop = window``), covering frames ``[start, end]`` of the window.
+    ``hop`` steps; default ``hop = window``), covering frames ``[start, end]`` of the window
+    and media time ``[t0, t1)``: from the first step's ``pts`` to the end of the last step
+    (``pts`` is the last step's, as for every output).
 
     ``reduce`` combines the window's activated scores ``[W, L]``: ``mean``, ``max`` (per
     label) or ``last``, or a callable ``[W, L] -> [L]``. (To run the model over each window
@@ -297,8 +307,9 @@ class WindowHead:
 class SequenceHead:
     """One ``sequence`` output at :meth:`end` over all steps since the start (or the last
     gap, with ``segment_on_gap``): ``reduce`` ``last`` (the last step's scores) or ``mean``
-    (of the activated scores, accumulated step by step in float64). Nothing for a stream
-    without steps.
+    (of the activated scores, accumulated step by step in float64). ``t0``/``t1`` span the
+    steps' media time, from the first step's ``pts`` to the last one's end. Nothing for a
+    stream without steps.
     """
 
     kind: OutputKind = "sequence"
@@ -364,9 +375,10 @@ class GenerateHead(Generic[S]):
     id (an ``int``); ``logits`` has ``len(vocab)`` values (any leading axes of size 1).
     Decoding stops after ``max_len`` tokens or when ``end_token`` (id or string) is chosen;
     the end token is not output. Each output covers the conditioning steps (``start``/
-    ``end``, ``pts``/``captured`` of the newest), its label is the token's string, its
-    scores the ``top_k`` most probable tokens (softmax of the logits; ``top_k=1``: the
-    chosen token's probability) and ``extra["position"]`` the token's position (0, 1, ...).
+    ``end``, ``t0``/``t1``, ``pts``/``captured`` of the newest), its label is the token's
+    string, its scores the ``top_k`` most probable tokens (softmax of the logits;
+    ``top_k=1``: the chosen token's probability) and ``extra["position"]`` the token's
+    position (0, 1, ...).
     """
 
     kind: OutputKind = "token"
@@ -436,6 +448,8 @@ class GenerateHead(Generic[S]):
                 label=self.vocab[token],
                 scores=scores,
                 captured=last.captured,
+                t0=first.pts,
+                t1=last.end,
                 extra={"position": position},
             )
             current = token

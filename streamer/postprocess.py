@@ -2,10 +2,12 @@
 durations, and ``segment`` outputs. Synchronous, per stream, incremental.
 
 :class:`Labeler` picks a label from one output's scores (heads use it). :class:`Smoother`
-takes a stream's outputs in order (normally ``frame`` outputs, one step of
-``frame_duration`` seconds apart) and returns them relabelled, plus a ``segment`` output
-each time a run of one label ends. It handles one output at a time, so the result does not
-depend on how the outputs were grouped into calls: streaming equals offline.
+takes a stream's outputs in order (``frame``, ``window`` or ``sequence`` outputs) and
+returns them relabelled, plus a ``segment`` output each time a run of one label ends.
+Times come from the media time each output covers (its ``t0``/``t1``, which heads fill in
+from their steps), or, for an output without them, ``pts`` and ``frame_duration``. It
+handles one output at a time, so the result does not depend on how the outputs were
+grouped into calls: streaming equals offline.
 """
 
 from __future__ import annotations
@@ -89,16 +91,20 @@ class Smoother:
 
     The *confirmed* label starts as ``default``. A run of outputs whose raw label differs
     from it becomes confirmed once it has lasted ``min_off`` seconds (a change to
-    ``default``) or ``min_on`` seconds (a change to any other label), measured as
-    ``last.pts - first.pts + frame_duration``; a shorter run takes the confirmed label.
-    Outputs are returned relabelled only once their label is decided, so minimum durations
-    **delay** outputs: an output waits up to ``max(min_on, min_off) - frame_duration``
-    seconds of media for its run to be decided (no delay when both are 0).
+    ``default``) or ``min_on`` seconds (a change to any other label), measured in the media
+    time the run covers: from the first output's start to the last output's end. An
+    output's start is its ``t0`` and its end its ``t1`` (the time its step, window or
+    sequence covers, see :mod:`streamer.heads`); without them, ``pts`` and
+    ``pts + frame_duration``. A shorter run takes the confirmed label. Outputs are returned
+    relabelled only once their label is decided, so minimum durations **delay** outputs:
+    an output waits up to ``max(min_on, min_off)`` seconds of media, less its own
+    duration, for its run to be decided (no delay when both are 0).
 
     A ``segment`` output is returned when a confirmed run ends (a new label is confirmed),
     at :meth:`gap` and at :meth:`end`: ``start``/``end`` the run's frame indices, ``t0`` the
-    first output's pts, ``t1`` the last output's pts + ``frame_duration``, ``pts`` and
-    ``captured`` those of the last output, ``scores`` the mean of the outputs' scores.
+    first output's start, ``t1`` the last output's end (so with overlapping windows,
+    adjacent segments overlap as their windows do), ``pts`` and ``captured`` those of the
+    last output, ``scores`` the mean of the outputs' scores.
     With ``segment_labels``, only runs of those labels make segments. A segment comes
     before the first output of the next run; it is returned ``max(min_on, min_off)`` after
     its last frame at most.
@@ -203,10 +209,18 @@ class Smoother:
             self._candidate = raw
         self._pending.append(output)
         need = self.min_off if raw == self.default else self.min_on
-        lasted = output.pts - self._pending[0].pts + self.frame_duration
+        lasted = self._end_of(output) - self._start_of(self._pending[0])
         if lasted >= need - EPS:
             self._confirmed = raw
             self._flush_pending(out)
+
+    def _start_of(self, output: Output) -> float:
+        """Media time where ``output`` starts: its ``t0``, else its ``pts``."""
+        return output.pts if output.t0 is None else output.t0
+
+    def _end_of(self, output: Output) -> float:
+        """Media time where ``output`` ends: its ``t1``, else ``pts + frame_duration``."""
+        return output.pts + self.frame_duration if output.t1 is None else output.t1
 
     def _flush_pending(self, out: list[Output]) -> None:
         for output in self._pending:
@@ -247,7 +261,7 @@ class Smoother:
                 label=run.label,
                 scores={key: total / run.count for key, total in run.sums.items()},
                 captured=run.last.captured,
-                t0=run.first.pts,
-                t1=run.last.pts + self.frame_duration,
+                t0=self._start_of(run.first),
+                t1=self._end_of(run.last),
             )
         )

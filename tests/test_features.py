@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soxr
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,8 @@ from streamer.features import (
     make_features,
     mel_filterbank,
     mel_to_hz,
+    real_samples,
+    resampled_length,
 )
 from streamer.frames import Frame
 
@@ -222,7 +225,7 @@ def test_raw_push_frame_gives_one_step_per_frame() -> None:
     raw = Raw("audio", chunk=4, channels=1)
     frame = Frame("s", 7, pts=0.5, captured=9.0, data=noise(4), rate=8)
     x, steps = raw.push_frame(frame)
-    assert x.shape == (1, 4) and steps == [Step(7, 0.5, 9.0)]
+    assert x.shape == (1, 4) and steps == [Step(7, 0.5, 9.0, duration=4 / 8)]
 
 
 # --- pixels -------------------------------------------------------------------------------
@@ -291,3 +294,128 @@ def test_make_features_errors_name_the_key(
     with pytest.raises(InputError, match=r"\[model\] features") as info:
         make_features(name, media=media, rate=16000, **params)  # type: ignore[arg-type]
     assert match in str(info.value)
+
+
+# --- the end of the real samples, model rate, seconds -------------------------------------
+
+
+def frames_of(signal: np.ndarray, chunk: int, rate: float = 16000) -> list[Frame]:
+    """``signal`` as a file source delivers it: frames of ``chunk``, the last zero-padded."""
+    out = []
+    for i in range(math.ceil(len(signal) / chunk)):
+        data = np.zeros((chunk, signal.shape[1]), np.float32)
+        part = signal[i * chunk : (i + 1) * chunk]
+        data[: len(part)] = part
+        out.append(Frame("s", i, i * chunk / rate, float(i), data, rate))
+    return out
+
+
+def push_frames(features: Any, frames: list[Frame]) -> tuple[torch.Tensor, list[Step]]:
+    xs, steps = [], []
+    for frame in frames:
+        x, new = features.push_frame(frame)
+        assert x.shape[0] == len(new)
+        xs.append(x)
+        steps += new
+    return torch.cat(xs), steps
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), chunk=st.integers(1, 4000))
+def test_logmel_makes_no_step_from_the_padding(n: int, chunk: int) -> None:
+    signal = noise(n, seed=n)
+    features = make_features("logmel", media="audio", rate=16000, meta={"samples": n})
+    x, steps = push_frames(features, frames_of(signal, chunk))
+    want = logmel_offline(signal, rate=16000)
+    assert x.shape == want.shape == (max(0, (n - 400) // 160 + 1), 40)
+    assert torch.allclose(x, want, atol=1e-5, rtol=0)
+    assert [s.index for s in steps] == list(range(len(steps)))
+    assert all(s.duration == pytest.approx(0.01) for s in steps[:-1])
+    if steps:  # the last step lasts to the end of the media: the steps tile it
+        assert steps[-1].end == pytest.approx(n / 16000)
+        assert steps[-1].pts + 400 / 16000 <= n / 16000 + 1e-12
+
+
+def test_real_samples_come_from_the_stream_meta_unless_it_loops() -> None:
+    assert real_samples({"samples": 96000, "chunk": 512}) == 96000
+    assert real_samples({"samples": 96000, "loop": True}) is None
+    assert real_samples({}) is None
+    assert real_samples({"samples": True}) is None
+    looped = make_features("logmel", media="audio", rate=16000, meta={"samples": 10, "loop": 1})
+    x, _ = push_frames(looped, frames_of(noise(800), 400))
+    assert x.shape[0] == 3  # every sample counts
+
+
+def test_raw_keeps_the_padding_but_its_last_step_ends_with_the_media() -> None:
+    raw = make_features(
+        "raw", media="audio", rate=16000, chunk=512, channels=1, meta={"samples": 1000}
+    )
+    x, steps = push_frames(raw, frames_of(noise(1000), 512))
+    assert x.shape == (2, 512) and float(x[1, 1000 - 512 :].abs().max()) == 0.0
+    assert [s.duration for s in steps] == pytest.approx([512 / 16000, 488 / 16000])
+    assert steps[-1].end == pytest.approx(1000 / 16000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(0, 9000),
+    cuts=st.lists(st.integers(0, 9000), max_size=10),
+    rate=st.sampled_from([44100, 22050, 48000, 8000]),
+)
+def test_logmel_at_a_declared_sample_rate_streams_like_one_shot_resampling(
+    n: int, cuts: list[int], rate: int
+) -> None:
+    """Any chunking, flushed at the end, equals ``soxr.resample`` of the whole signal to
+    the model's rate, then log-mel at that rate."""
+    signal = noise(n, seed=n)
+    features = LogMel(rate, sample_rate=16000)
+    parts = chunked(signal, cuts)
+    streamed = torch.cat(
+        [features.push(part, last=i == len(parts) - 1) for i, part in enumerate(parts)]
+    )
+    once = soxr.resample(signal.mean(axis=1, dtype=np.float64), rate, 16000, quality="HQ")
+    want = logmel_offline(once, rate=16000)
+    assert streamed.shape == want.shape
+    assert torch.allclose(streamed, want, atol=1e-5, rtol=0)
+    assert torch.allclose(logmel_offline(signal, rate=rate, sample_rate=16000), want, atol=1e-5)
+    assert len(once) == resampled_length(n, rate, 16000)
+
+
+def test_logmel_steps_at_a_declared_rate_keep_the_stream_media_time() -> None:
+    rate, n = 44100, 44100 // 2
+    features = make_features(
+        "logmel", media="audio", rate=rate, meta={"samples": n}, sample_rate=16000
+    )
+    assert features.step_duration == pytest.approx(0.01)
+    x, steps = push_frames(features, frames_of(noise(n), 1000, rate=rate))
+    count = (resampled_length(n, rate, 16000) - 400) // 160 + 1
+    assert x.shape == (count, 40)
+    assert [s.pts for s in steps] == pytest.approx([i * 0.01 for i in range(count)])
+    assert steps[-1].end == pytest.approx(0.5)
+
+
+def test_logmel_window_and_hop_in_seconds() -> None:
+    at16 = LogMel(16000, window_s=0.025, hop_s=0.01)
+    assert (at16.n_fft, at16.hop) == (400, 160)
+    at48 = LogMel(48000, window_s=0.025, hop_s=0.01)
+    assert (at48.n_fft, at48.hop, at48.step_duration) == (1200, 480, pytest.approx(0.01))
+    model_rate = LogMel(48000, sample_rate=16000, window_s=0.025, hop_s=0.01)
+    assert (model_rate.n_fft, model_rate.hop) == (400, 160)
+    assert LogMel(16000, n_fft=512, hop_s=0.02).hop == 320
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"n_fft": 400, "window_s": 0.025}, "n_fft .* or window_s .* not both"),
+        ({"hop": 160, "hop_s": 0.01}, "hop .* or hop_s .* not both"),
+        ({"hop_s": 0.0}, "hop_s must be > 0"),
+        ({"sample_rate": -1}, "rates must be > 0"),
+        ({"samples": 5}, "takes no option 'samples'"),
+        ({"meta": {}, "n_mels": 3, "mfcc": 1}, "takes no option 'mfcc'"),
+    ],
+)
+def test_logmel_rate_and_seconds_options_are_checked(params: dict[str, Any], match: str) -> None:
+    meta = params.pop("meta", None)
+    with pytest.raises(InputError, match=r"\[model\] features: .*" + match):
+        make_features("logmel", media="audio", rate=16000, meta=meta, **params)

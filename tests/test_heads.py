@@ -284,3 +284,42 @@ def test_make_head() -> None:
         make_head("frame", stream="s", labels=LABELS, wndow=3)
     with pytest.raises(InputError, match=r"\[model\] head: window reduce"):
         make_head("window", stream="s", labels=LABELS, window=3, reduce="median")
+
+
+# --- the media time outputs cover ---------------------------------------------------------
+
+
+def timed_steps(n: int, step_s: float = 0.01, last_s: float | None = None) -> list[Step]:
+    """Steps of ``step_s`` seconds; the last lasts ``last_s`` (a stream's end) if given."""
+    out = [Step(i, i * step_s, 1000.0 + i, step_s) for i in range(n)]
+    if last_s is not None:
+        out[-1] = Step(n - 1, (n - 1) * step_s, 1000.0 + n - 1, last_s)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(1, 60), window=st.integers(1, 8), hop=st.integers(1, 10))
+def test_window_outputs_span_their_steps_media_time(t: int, window: int, hop: int) -> None:
+    st_ = timed_steps(t)
+    out = WindowHead("s", LABELS, window, hop, partial=True).push(logits(t), st_)
+    for o in out:
+        assert o.t0 == st_[o.start].pts  # the first step of the window, not the last
+        assert o.t1 == pytest.approx(st_[o.end].pts + 0.01)
+        assert o.pts == st_[o.end].pts
+
+
+def test_frame_sequence_and_token_outputs_span_their_steps() -> None:
+    st_ = timed_steps(5, last_s=0.025)
+    frames = FrameHead("s", LABELS).push(logits(5), st_)
+    assert [(o.t0, o.t1) for o in frames[:2]] == [(0.0, 0.01), (0.01, 0.02)]
+    assert frames[-1].t1 == pytest.approx(0.04 + 0.025)
+    sequence = SequenceHead("s", LABELS)
+    sequence.push(logits(5), st_)
+    (whole,) = sequence.end()
+    assert (whole.t0, whole.t1, whole.pts) == (0.0, pytest.approx(0.065), 0.04)
+    token = next(scripted([1], []).generate(torch.zeros(1), 0, st_[1:3]))
+    assert (token.t0, token.t1) == (0.01, pytest.approx(0.03))
+    # a step of unknown duration: the output's end is unknown too (smoothing falls back)
+    (o,) = FrameHead("s", LABELS).push(logits(1), [Step(0, 0.5, 0.0)])
+    assert (o.t0, o.t1) == (0.5, None)
+    assert "t0" not in o.to_json() and "t1" not in o.to_json()  # written for segments only

@@ -50,9 +50,9 @@ FACTORY = "pipelines.audio_tagging:build"
 
 
 def logmel_steps(samples: int) -> int:
-    """Log-mel steps of a file source's frames: chunks of 512, the last zero-padded."""
-    padded = math.ceil(samples / CHUNK) * CHUNK
-    return (padded - 400) // 160 + 1
+    """Log-mel steps of ``samples`` real samples (the zero padding of a file source's last
+    chunk makes none)."""
+    return (samples - 400) // 160 + 1
 
 
 STEPS = logmel_steps(round(SECONDS * 16000))
@@ -263,10 +263,7 @@ def save_state_dict(path: Path, perturb: float = 0.0) -> Path:
 
 def expected_scores(seconds: float, perturb: float = 0.0, lookahead: int = 0) -> np.ndarray:
     """The tagger over the whole file's log-mel features, at once: softmax scores [T, 2]."""
-    samples = speech_samples(seconds)
-    padded = np.zeros(math.ceil(len(samples) / CHUNK) * CHUNK, dtype=np.float32)
-    padded[: len(samples)] = samples
-    x = logmel_offline(padded, rate=16000)
+    x = logmel_offline(speech_samples(seconds), rate=16000)
     x = torch.cat([x, torch.zeros(lookahead, x.shape[1])])
     model = tagger(perturb)
     with torch.no_grad():

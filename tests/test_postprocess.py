@@ -193,3 +193,51 @@ def test_bad_options_are_refused() -> None:
         Smoother("x", frame_duration=0.1, on=0.5).push(
             [Output("s", "frame", 0, 0, 0.0, None, {"x": 0.1, "y": 0.5, "z": 0.4}, 0.0)]
         )
+
+
+# --- outputs that cover more than one step ------------------------------------------------
+
+
+def windows(labels: str, window_s: float = 1.0, step_s: float = 0.01) -> list[Output]:
+    """One window output per character (``s``/``p``) of ``window_s`` seconds, one after
+    the other, made of steps of ``step_s``: ``pts`` is the window's last step's."""
+    steps = round(window_s / step_s)
+    out = []
+    for i, ch in enumerate(labels):
+        p = 0.9 if ch == "p" else 0.1
+        out.append(
+            Output(
+                stream="mic",
+                kind="window",
+                start=i * steps,
+                end=(i + 1) * steps - 1,
+                pts=(i + 1) * window_s - step_s,
+                label={"s": "silence", "p": "speech"}[ch],
+                scores={"silence": 1.0 - p, "speech": p},
+                captured=50.0 + i,
+                t0=i * window_s,
+                t1=(i + 1) * window_s,
+            )
+        )
+    return out
+
+
+def test_windows_make_segments_over_their_time_and_min_on_counts_it() -> None:
+    """1 s windows: min_on = 1.5 s takes two speech windows, not one; a segment runs from
+    its first window's start to its last window's end (not from the last step's pts)."""
+    sm = Smoother("silence", frame_duration=0.01, min_on=1.5)
+    out = run(sm, windows("spsppss"))
+    assert [o.label for o in out if o.kind == "window"] == ["silence"] * 3 + ["speech"] * 2 + [
+        "silence"
+    ] * 2
+    assert segments(out) == [
+        ("silence", 0, 299, 0.0, pytest.approx(3.0)),
+        ("speech", 300, 499, pytest.approx(3.0), pytest.approx(5.0)),
+        ("silence", 500, 699, pytest.approx(5.0), pytest.approx(7.0)),
+    ]
+
+
+def test_a_sequence_output_makes_a_segment_over_the_whole_stream() -> None:
+    whole = Output("mic", "sequence", 0, 599, 5.99, "speech", {"speech": 1.0}, 0.0, t0=0.0, t1=6.0)
+    out = run(Smoother("silence", frame_duration=0.01, min_on=1.0), [whole])
+    assert segments(out) == [("speech", 0, 599, 0.0, 6.0)]

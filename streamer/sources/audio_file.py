@@ -7,6 +7,7 @@ import math
 import os
 import re
 from collections.abc import AsyncGenerator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ class AudioFileSource(GeneratorSource):
     over the whole file equals ``soxr.resample`` of it in one shot; resampled samples are
     clipped to [-1, 1]. ``options.mono``: average the channels (before resampling).
     ``options.loop``: the file repeats seamlessly (a chunk may straddle the seam, the
-    resampler runs on across it), indices and pts keep increasing, no ``StreamEnd``.
+    resampler runs on across it), indices and pts keep increasing, no ``StreamEnd``;
+    ``StreamStart.meta["loop"]`` is True (``samples`` then counts one pass, not the end).
 
     Bad input raises :class:`InputError` naming the file: in ``__init__`` for a missing,
     unreadable, empty or undecodable file or one with no samples; while reading for data
@@ -76,9 +78,13 @@ class AudioFileSource(GeneratorSource):
         self.resampling = self.rate != self.native_rate
         self.channels = 1 if options.mono else self.native_channels
         self.chunk = options.chunk
-        #: Real samples at the delivered rate in one pass over the file (soxr's output length).
+        #: Real samples at the delivered rate in one pass over the file (soxr's output length:
+        #: rounded with halves up, in exact arithmetic).
         self.samples = (
-            round(self.native_samples * self.rate / self.native_rate)
+            math.floor(
+                Fraction(self.native_samples) * Fraction(self.rate) / self.native_rate
+                + Fraction(1, 2)
+            )
             if self.resampling
             else self.native_samples
         )
@@ -95,6 +101,8 @@ class AudioFileSource(GeneratorSource):
             "samples": self.samples,
             "truncated": self.truncated,
         }
+        if options.loop:
+            self._meta["loop"] = True  # no end: every sample is real, "samples" is one pass
         self._pacer = Pacer(clock, options.pace, options.speed)
         self._worker = Worker(self.name, clock)
         self._block = max(1024, int(self.native_rate * BLOCK_SECONDS))

@@ -191,6 +191,8 @@ class SyntheticSource(GeneratorSource):
         meta = {"kind": self.kind, "params": dict(self.params), "synthetic": True}
         if self.samples is not None:
             meta["samples"] = self.samples
+        if self.options.loop:
+            meta["loop"] = True  # no end: every sample is real, "samples" is one pass
         return StreamStart(self.stream, self.media, self.rate, meta)
 
     async def _emit(self, index: int, pts: float, data: np.ndarray) -> Frame:
