@@ -12,6 +12,7 @@ to the current directory, as on the command line.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -88,6 +89,45 @@ class SmoothingConfig(_Section):
             raise ValueError(f"off ({self.off}) must be <= on ({self.on})")
         return self
 
+
+class RawOptions(_Section):
+    """``feature_options`` of ``features = "raw"``: none (the source decides the shape)."""
+
+
+class LogMelOptions(_Section):
+    """``feature_options`` of ``features = "logmel"`` (see :class:`streamer.features.LogMel`)."""
+
+    sample_rate: Annotated[Float, Field(ge=1000, le=MAX_RATE)] | None = None
+    n_fft: Annotated[Int, Field(ge=2, le=1 << 16)] | None = None
+    hop: Annotated[Int, Field(ge=1, le=1 << 16)] | None = None
+    window_s: Annotated[Float, Field(gt=0, le=10)] | None = None
+    hop_s: Annotated[Float, Field(gt=0, le=10)] | None = None
+    n_mels: Annotated[Int, Field(ge=1, le=1024)] = 40
+    f_min: Annotated[Float, Field(ge=0, le=MAX_RATE / 2)] = 0.0
+    f_max: Annotated[Float, Field(gt=0, le=MAX_RATE / 2)] | None = None
+    log_offset: Annotated[Float, Field(gt=0, le=1)] = 1e-6
+    mel_scale: Literal["htk", "slaney"] = "htk"
+
+
+class PixelsOptions(_Section):
+    """``feature_options`` of ``features = "pixels"`` (see :class:`streamer.features.Pixels`)."""
+
+    size: (
+        tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
+        | None
+    ) = None
+    rgb: Bool = True
+    mean: tuple[Float, Float, Float] | None = None
+    std: tuple[
+        Annotated[Float, Field(gt=0)], Annotated[Float, Field(gt=0)], Annotated[Float, Field(gt=0)]
+    ] | None = None
+
+
+FEATURE_OPTIONS: dict[str, type[_Section]] = {
+    "raw": RawOptions,
+    "logmel": LogMelOptions,
+    "pixels": PixelsOptions,
+}
 
 #: Per head, the ``[model]`` keys that only it takes.
 HEAD_KEYS: dict[str, tuple[str, ...]] = {
@@ -167,6 +207,22 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"{key}: an option of the {' or '.join(takers)} head, but head = '{self.head}'"
             )
+        kind = FEATURE_OPTIONS[self.features]
+        try:
+            checked = kind.model_validate(self.feature_options)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            key = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                takes = ", ".join(kind.model_fields) or "no options"
+                raise ValueError(
+                    f"feature_options: '{self.features}' takes no option '{key}' (it takes"
+                    f" {takes})"
+                ) from None
+            raise ValueError(
+                f"feature_options.{key}: {_message(error)} (got {error.get('input')!r})"
+            ) from None
+        object.__setattr__(self, "feature_options", checked.model_dump(exclude_unset=True))
         if self.head == "window" and self.window is None:
             raise ValueError("window: head = 'window' needs window = W (steps)")
         if self.head == "sequence" and self.reduce == "max":
@@ -349,7 +405,13 @@ def describe_error(exc: ValidationError) -> str:
         return f"missing key '{loc[-1]}' in {_where(loc[:-1]) or 'the top level'}"
     given = error.get("input")
     shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
-    return f"{where or 'pipeline'}: {_message(error)}{shown}"
+    message = _message(error)
+    if where and _KEYED.match(message):  # a cross-check that names its key: "[model] window: ..."
+        return f"{where} {message}"
+    return f"{where or 'pipeline'}: {message}{shown}"
+
+
+_KEYED = re.compile(r"^[a-z_][\w.]*: ")
 
 
 _EXPECTED = {

@@ -144,6 +144,18 @@ CASES: dict[str, tuple[Callable[[Path], dict[str, Any]], tuple[str, ...]]] = {
         lambda w: model_pipeline(w, smoothing={"onn": 0.6}),
         ("onn",),
     ),
+    "feature-option-of-the-source": (
+        lambda w: model_pipeline(w, feature_options={"rate": 8000}),
+        ("feature_options", "rate"),
+    ),
+    "feature-option-wrong-type": (
+        lambda w: model_pipeline(w, feature_options={"n_mels": "many"}),
+        ("feature_options.n_mels",),
+    ),
+    "feature-option-huge": (
+        lambda w: model_pipeline(w, feature_options={"n_fft": 10**9}),
+        ("feature_options.n_fft",),
+    ),
     "window-options-on-frame-head": (lambda w: model_pipeline(w, window=5), ("window",)),
     "softmax-over-one-label": (
         lambda w: model_pipeline(w, labels=["speech"], activation="softmax"),
