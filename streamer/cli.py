@@ -63,8 +63,9 @@ _own_process = False
 
 class _Interrupts:
     """SIGINT and SIGTERM while a command's event loop runs: the first calls ``stop`` and
-    says so (``doing``: what the stop does), the second calls ``abort``, a third ends the
-    process at once. After an abort the signals stay ignored until ``main`` ends."""
+    says so (``doing``: what the stop does), the second calls ``abort``; later ones are
+    ignored, until ``main`` ends: the abort waits for no model call or queue, only for a
+    line being written and a source's release of its file, and then the process ends."""
 
     def __init__(self, doing: str, stop: Callable[[], object], abort: Callable[[], object]) -> None:
         self.doing = doing
@@ -98,13 +99,11 @@ class _Interrupts:
             self.stop()
         elif self.count == 2:
             self.abort()
-        elif _own_process:  # the abort is taking too long for the user: go now
-            _exit_now()
 
 
 def _exit_now() -> None:
-    """End the process with exit code 130, skipping the interpreter's shutdown (which
-    would wait for worker threads, and could print a traceback on one more Ctrl-C). Sinks
+    """End the process with exit code 130, skipping the interpreter's shutdown (which can
+    wait for threads still busy, and print a traceback on one more Ctrl-C). Sinks
     and files are closed by then; stdout and stderr are flushed here. In-process (tests),
     it only restores the signals' default handlers."""
     if not _own_process:

@@ -9,13 +9,16 @@ Failure: a stage or sink that raises cancels the run, which raises a
 :class:`~streamer.errors.StageError` naming it. A source that raises is treated as the end of
 its input: what it delivered is still processed and written, then the run raises.
 Stop: :meth:`Pipeline.stop` drains (sources stop, queued work finishes, sinks close);
-:meth:`Pipeline.abort` cancels at once (sinks are still closed).
+:meth:`Pipeline.abort` cancels at once (sinks are still closed). A sink whose pipe's reader
+has gone (``BrokenPipeError``) gets no more outputs and stops the run like a drain.
+Metrics count an output once every sink is done with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,6 +69,10 @@ class Pipeline:
         self._aborted = False
         self._frames_in = 0
         self._source_errors: list[StageError] = []
+        # Outputs handed to the sinks, oldest first, until every sink is done with them.
+        self._undelivered: deque[Output] = deque()
+        self._sink_counts = [0] * len(self.sinks)
+        self._counted = 0
 
     # -- control -----------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -118,8 +125,8 @@ class Pipeline:
         metrics.start()
         try:
             async with asyncio.TaskGroup() as group:
-                for sink, edge in zip(self.sinks, sink_edges, strict=True):
-                    group.create_task(_named(sink.name, self._pump_sink(sink, edge)))
+                for number, (sink, edge) in enumerate(zip(self.sinks, sink_edges, strict=True)):
+                    group.create_task(_named(sink.name, self._pump_sink(number, sink, edge)))
                 group.create_task(_named("fanout", self._fan_out(edges[-1], sink_edges)))
                 for stage, stage_in, stage_out in zip(
                     self.stages, edges[:-1], edges[1:], strict=True
@@ -205,7 +212,8 @@ class Pipeline:
             outbox.close()
 
     async def _fan_out(self, inbox: Channel[Any], sink_edges: list[Channel[Output]]) -> None:
-        """Stamp each output's latency, count it, and hand it to every sink."""
+        """Stamp each output's latency and hand it to every sink (it is counted in the
+        metrics once every sink is done with it: :meth:`_delivered`)."""
         metrics = self.metrics
         assert metrics is not None
         try:
@@ -217,7 +225,10 @@ class Pipeline:
                     object.__setattr__(
                         item, "latency_ms", latency if math.isfinite(latency) else None
                     )
-                    metrics.on_output(item)
+                    if sink_edges:
+                        self._undelivered.append(item)
+                    else:
+                        metrics.on_output(item)
                     for edge in sink_edges:
                         await edge.send(item)
                 else:
@@ -226,13 +237,37 @@ class Pipeline:
             for edge in sink_edges:
                 edge.close()
 
-    @staticmethod
-    async def _pump_sink(sink: Sink, inbox: Channel[Output]) -> None:
+    async def _pump_sink(self, number: int, sink: Sink, inbox: Channel[Output]) -> None:
+        """Hand each output to ``sink``. A sink whose pipe's reader is gone (``| head``)
+        gets no more outputs and stops the run (a drain, like Ctrl-C)."""
+        broken = False
         try:
             async for output in inbox:
-                await sink.send(output)
+                try:
+                    if not broken:
+                        await sink.send(output)
+                except BrokenPipeError:
+                    broken = True
+                    self.stop("broken-pipe")
+                except asyncio.CancelledError:
+                    # An abort lets the send in flight land first (JsonlSink.send does).
+                    self._delivered(number)
+                    raise
+                self._delivered(number)
         finally:
             await sink.aclose()
+
+    def _delivered(self, number: int) -> None:
+        """Sink ``number`` is done with its next output; an output counts in the metrics
+        once every sink is done with it, so that after an abort the count is what the
+        sinks hold (an output still queued for a sink was never written)."""
+        self._sink_counts[number] += 1
+        counted = min(self._sink_counts)
+        metrics = self.metrics
+        assert metrics is not None
+        while self._counted < counted:
+            metrics.on_output(self._undelivered.popleft())
+            self._counted += 1
 
 
 async def _named(name: str, work: Awaitable[None]) -> None:

@@ -2,16 +2,18 @@
 
 Items are written on a :class:`~streamer.worker.Worker` thread in small batches. The folder
 appears at ``out_dir`` only when the recording is complete; if the source fails or the task
-is cancelled, the partial recording is removed and the exception propagates.
+is cancelled, the partial recording is removed and the exception propagates. A ``stop``
+event ends the recording early and keeps it (open streams end with reason ``stopped``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from streamer.clock import Clock
 from streamer.errors import InputError
@@ -42,6 +44,7 @@ async def record(
     max_frames: int | None = None,
     clock: Clock | None = None,
     description: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> RecordingSummary:
     """Record ``source`` into the new folder ``out_dir``.
 
@@ -52,9 +55,11 @@ async def record(
     when the source is exhausted or, once a limit has cut a stream, when every stream seen
     so far has ended (a live source never ends by itself; a stream that a finite source
     only starts after that is not recorded). ``description`` goes into
-    ``meta.json`` as the source (default: the source's ``name``). The caller still owns
-    (and closes) ``source``; an async generator that ``aiter(source)`` returned is closed
-    here.
+    ``meta.json`` as the source (default: the source's ``name``). ``stop``: once set, the
+    read in progress is cancelled, every stream still open ends with reason ``stopped``
+    and the recording is finished and kept (the first Ctrl-C of ``streamer record``);
+    cancelling the task instead discards it. The caller still owns (and closes)
+    ``source``; an async generator that ``aiter(source)`` returned is closed here.
     """
     if duration is not None and not duration > 0:
         raise InputError(f"record: duration must be > 0 seconds, got {duration}")
@@ -62,12 +67,20 @@ async def record(
         raise InputError(f"record: max_frames must be >= 1, got {max_frames}")
     label = description or str(getattr(source, "name", type(source).__name__))
     worker = Worker("recorder", clock)
+    made: list[RecordingWriter] = []  # the writer, once the worker thread has made it
+
+    def make() -> RecordingWriter:
+        made.append(RecordingWriter(out_dir, source=label))
+        return made[0]
+
     try:
-        writer = await worker.call(RecordingWriter, out_dir, source=label)
         try:
-            summary = await _record(source, writer, worker, duration, max_frames)
+            writer = await worker.call(make)
+            summary = await _record(source, writer, worker, duration, max_frames, stop)
         except BaseException:
-            await _abort(writer, worker)
+            # Also when cancelled while the writer was being made: the abort runs on the
+            # worker thread after it, so its temporary folder is removed too.
+            await _abort(made, worker)
             raise
     finally:
         worker.close()
@@ -80,6 +93,7 @@ async def _record(
     worker: Worker,
     duration: float | None,
     max_frames: int | None,
+    stop: asyncio.Event | None,
 ) -> RecordingSummary:
     frames: dict[str, int] = {}
     ends: dict[str, float] = {}
@@ -96,8 +110,9 @@ async def _record(
             await worker.call(_add_all, writer, batch)
 
     iterator = aiter(source)
+    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
-        async for item in iterator:
+        while (item := await _next(iterator, stopping)) is not None:
             sid = item.stream
             if sid not in frames:
                 seen.append(sid)
@@ -133,7 +148,13 @@ async def _record(
                 await flush()
             if limited and len(stopped) == len(seen):
                 break  # a live source never ends by itself: stop once every stream is done
+        if stopping is not None and stopping.done():
+            for sid in seen:
+                if sid not in stopped:
+                    pending.append(StreamEnd(sid, frames[sid], "stopped"))
     finally:
+        if stopping is not None:
+            stopping.cancel()
         if iterator is not source:
             close = getattr(iterator, "aclose", None)
             if close is not None:
@@ -143,16 +164,43 @@ async def _record(
     return RecordingSummary(path, seen, frames, ends)
 
 
+async def _next(
+    iterator: AsyncIterator[Item], stopping: asyncio.Future[Any] | None
+) -> Item | None:
+    """The source's next item; None at its end, or once ``stopping`` is done (the read in
+    progress is then cancelled, and an item it still returns is kept)."""
+    if stopping is None:
+        return await anext(iterator, None)
+    if stopping.done():
+        return None
+    reading: asyncio.Future[Item | None] = asyncio.ensure_future(anext(iterator, None))
+    try:
+        await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not reading.done():
+            reading.cancel()
+            # not `await reading`: that would mistake its cancellation for this task's
+            await asyncio.wait((reading,))
+    if reading.cancelled():
+        return None
+    return reading.result()
+
+
 def _add_all(writer: RecordingWriter, items: list[Item]) -> None:
     for item in items:
         writer.add(item)
 
 
-async def _abort(writer: RecordingWriter, worker: Worker) -> None:
-    """Remove the partial recording, after any write still running on the worker thread."""
+async def _abort(made: list[RecordingWriter], worker: Worker) -> None:
+    """Remove the partial recording, after any call still running on the worker thread."""
+
+    def abort() -> None:
+        for writer in made:
+            writer.abort()
+
     try:
-        await asyncio.shield(worker.call(writer.abort))
+        await asyncio.shield(worker.call(abort))
     except BaseException:
         # Cancelled again (or the worker is gone): abort here; the writer's lock waits
         # for a write in flight on the worker thread.
-        writer.abort()
+        abort()

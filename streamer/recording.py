@@ -24,8 +24,9 @@ axis 0, and the data file holds ``sum(length)`` rows.
 
 :class:`RecordingWriter` writes into a hidden sibling folder and renames it into place on
 :meth:`RecordingWriter.close`, so a crash never leaves a folder at the target that reads as
-a valid recording. Reading and writing are blocking file I/O: run them on a
-:class:`~streamer.worker.Worker` thread.
+a valid recording; :func:`partial_folders` finds what a killed writer left (``streamer
+record`` names them and refuses, or deletes them with ``--clean``). Reading and writing are
+blocking file I/O: run them on a :class:`~streamer.worker.Worker` thread.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -127,7 +129,7 @@ class RecordingWriter:
         if self.path.exists() or self.path.is_symlink():
             raise InputError(f"recording target {self.path} already exists; choose a new path")
         token = secrets.token_hex(4)
-        self.temp_path = parent / f".{self.path.name}.partial-{os.getpid()}-{token}"
+        self.temp_path = parent / f".{self.path.name}{_PARTIAL}{os.getpid()}-{token}"
         try:
             self.temp_path.mkdir()
         except OSError as exc:
@@ -326,6 +328,86 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- partial folders
+
+_PARTIAL = ".partial-"
+_PARTIAL_TAIL = re.compile(r"(\d+)-[0-9a-f]+")
+
+
+@dataclass(frozen=True)
+class PartialFolder:
+    """A hidden ``.NAME.partial-PID-TOKEN`` folder of a :class:`RecordingWriter` for ``NAME``:
+    an unfinished recording, still being written while process ``pid`` runs, else left
+    behind by a writer that was killed (SIGKILL, power loss)."""
+
+    path: Path
+    pid: int
+
+    @property
+    def running(self) -> bool:
+        """Whether process ``pid`` is still alive (it may still be recording)."""
+        if self.pid == os.getpid():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def partial_folders(path: str | os.PathLike[str]) -> list[PartialFolder]:
+    """The partial folders beside ``path`` that writers of a recording at ``path`` made,
+    sorted by name (none when the folder holding ``path`` cannot be listed)."""
+    target = Path(path)
+    prefix = f".{target.name}{_PARTIAL}"
+    found: list[PartialFolder] = []
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        tail = _PARTIAL_TAIL.fullmatch(entry.name[len(prefix) :])
+        if tail is not None and entry.is_dir(follow_symlinks=False):
+            found.append(PartialFolder(Path(entry.path), int(tail.group(1))))
+    return sorted(found, key=lambda p: p.path.name)
+
+
+def remove_partial_folders(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the partial folders beside ``path`` whose writer is no longer running;
+    returns what was removed. Those of a running writer are left alone."""
+    removed: list[Path] = []
+    for partial in partial_folders(path):
+        if not partial.running:
+            shutil.rmtree(partial.path)
+            removed.append(partial.path)
+    return removed
+
+
+def partial_note(path: str | os.PathLike[str]) -> str:
+    """For an error about a missing recording ``path``: a clause naming its partial
+    folders (or ``""`` when there are none)."""
+    partials = partial_folders(path)
+    if not partials:
+        return ""
+    running = [p for p in partials if p.running]
+    if running:
+        return (
+            f" yet: process {running[0].pid} is still recording it "
+            f"(into {running[0].path.name})"
+        )
+    names = ", ".join(p.path.name for p in partials)
+    return (
+        f"; only unfinished recordings are beside it ({names}), left by a `streamer record` "
+        f"that was killed: record again (`streamer record --clean` removes them)"
+    )
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -387,7 +469,7 @@ def read_recording(path: str | os.PathLike[str]) -> Recording:
     """Open and validate a recording folder; ``InputError`` naming the bad file otherwise."""
     root = Path(path)
     if not root.exists():
-        raise InputError(f"recording {root} does not exist")
+        raise InputError(f"recording {root} does not exist{partial_note(root)}")
     if not root.is_dir():
         raise InputError(f"recording {root} is not a folder")
     meta_path = root / META_FILE

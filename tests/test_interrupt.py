@@ -2,8 +2,11 @@
 
 The first SIGINT (or SIGTERM) drains: sources stop, queued work finishes, sinks flush and
 close; exit code 0, the summary says ``stopped: interrupted``. A second SIGINT during the
-drain aborts: exit code 130. Either way the JSONL file holds only complete lines, and the
-outputs run from frame 0 without a hole. Every wait has a timeout, so a hang fails.
+drain aborts: exit code 130, at once, even while a model call takes 30 s; later signals
+print nothing. Either way the JSONL file holds only complete lines, the outputs run from
+frame 0 without a hole, and the summary counts exactly the lines written. An output pipe
+whose reader has gone (``--out /dev/stdout | head``) stops the run quietly, exit 0. Every
+wait has a timeout, so a hang fails.
 """
 
 from __future__ import annotations
@@ -87,7 +90,8 @@ def start(tmp_path: Path) -> Iterator[Launcher]:
     """``start(args...)`` runs ``streamer run ARGS --out OUT``; killed at teardown if alive."""
     running: list[Running] = []
 
-    def launch(*args: str | os.PathLike[str]) -> Running:
+    def launch(*args: str | os.PathLike[str], path: Path | None = None) -> Running:
+        """``path``: a folder to import model factory modules from."""
         n = len(running)
         out = tmp_path / f"out{n}.jsonl"
         stdout, stderr = tmp_path / f"stdout{n}.txt", tmp_path / f"stderr{n}.txt"
@@ -102,7 +106,7 @@ def start(tmp_path: Path) -> Iterator[Launcher]:
             proc = subprocess.Popen(
                 command,
                 cwd=REPO_ROOT,
-                env=cli_env(),
+                env={**cli_env(), **({"PYTHONPATH": str(path)} if path else {})},
                 stdin=subprocess.DEVNULL,
                 stdout=out_file,
                 stderr=err_file,
@@ -169,10 +173,14 @@ def test_sigterm_drains_like_sigint(start: Launcher) -> None:
     assert f"frames in {len(records)}, outputs {len(records)}" in run.stderr_text()
 
 
-def test_second_sigint_aborts_with_130(start: Launcher) -> None:
+def test_second_sigint_aborts_with_130(start: Launcher, tmp_path: Path) -> None:
     # Offline mode on a source that outruns the JSONL sink: big queues fill up, so the
     # drain after the first SIGINT has hundreds of outputs to write; the second one aborts.
-    run = start("--source", "synthetic:tone", "--mode", "offline", "-q")
+    metrics = tmp_path / "metrics.json"
+    run = start(
+        "--source", "synthetic:tone", "--mode", "offline", "--max-frames", "100000000",
+        "-q", "--metrics", metrics,
+    )  # fmt: skip
     run.wait_for_lines(500)
     run.proc.send_signal(signal.SIGINT)
     # 5 ms apart: two deliveries (not one coalesced signal), well inside the drain of the
@@ -185,4 +193,115 @@ def test_second_sigint_aborts_with_130(start: Launcher) -> None:
     assert "draining" in stderr, run.describe()
     assert "Traceback" not in stderr, run.describe()
     assert "aborted" in stderr, run.describe()
-    check_file(run.out)
+    records = check_file(run.out)
+    # Outputs still queued for the sink when it aborted were never written: not counted.
+    summary = json.loads(metrics.read_text(encoding="utf-8"))
+    assert summary["outputs"] == len(records), run.describe()
+    assert f"outputs {len(records)}," in stderr, run.describe()
+
+
+#: A model factory module: a GRU tagger whose head sleeps 30 s from its FAST-th call on
+#: (call 1 is the dry step before the run), first touching MARKER.
+SLOW_MODEL = """
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class SlowHead(nn.Module):
+    def __init__(self, marker, fast):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.marker = Path(marker)
+        self.fast = fast
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.fast:
+            self.marker.touch()
+            time.sleep(30)
+        return self.linear(x)
+
+
+def build(marker, fast):
+    torch.manual_seed(0)
+    return nn.GRU(512, 4, batch_first=True), SlowHead(marker, fast)
+"""
+
+#: Seconds within which an abort must end the process (the model call takes 30 s).
+ABORT_LIMIT = 10.0
+
+
+def test_abort_does_not_wait_for_a_model_call(start: Launcher, tmp_path: Path) -> None:
+    (tmp_path / "slow_model.py").write_text(SLOW_MODEL, encoding="utf-8")
+    marker = tmp_path / "sleeping"
+    pipeline = tmp_path / "slow.toml"
+    pipeline.write_text(
+        f"""
+[source]
+uri = "recordings/speech_en"
+pace = "realtime"
+
+[model]
+factory = "slow_model:build"
+options = {{ marker = "{marker}", fast = 6 }}
+labels = ["quiet", "loud"]
+""",
+        encoding="utf-8",
+    )
+    metrics = tmp_path / "metrics.json"
+    run = start(pipeline, "-q", "--metrics", metrics, path=tmp_path)
+
+    def sleeping() -> bool:
+        assert run.proc.poll() is None, run.describe()
+        return marker.exists()
+
+    wait_for(sleeping, START_LIMIT, "the model's long call")
+    run.proc.send_signal(signal.SIGINT)  # drains: would wait for the model call
+    wait_for(lambda: "draining" in run.stderr_text(), DRAIN_LIMIT, "the drain message")
+    run.proc.send_signal(signal.SIGINT)  # aborts: must not wait for it
+    time.sleep(0.005)
+    if run.proc.poll() is None:
+        run.proc.send_signal(signal.SIGINT)  # a third, while it is on its way out
+    code, _ = run.finish(ABORT_LIMIT)
+    assert code == 130, run.describe()
+    stderr = run.stderr_text()
+    assert "Traceback" not in stderr and "Exception" not in stderr, run.describe()
+    records = check_file(run.out)  # what the fast calls before the long one gave
+    summary = json.loads(metrics.read_text(encoding="utf-8"))
+    assert summary["outputs"] == len(records)
+    assert summary["stopped"] == "interrupted"
+
+
+def test_output_pipe_closed_by_head_ends_quietly(tmp_path: Path) -> None:
+    # synthetic:tone never ends: only the closed pipe stops the run.
+    stderr = tmp_path / "stderr.txt"
+    command = " ".join(
+        [
+            *streamer_command(),
+            f"run --source synthetic:tone -q --out /dev/stdout 2>{stderr}",
+            "| head -n 3; exit ${PIPESTATUS[0]}",
+        ]
+    )
+    result = subprocess.run(
+        ["bash", "-c", command],
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=START_LIMIT,
+        check=False,
+    )
+    errors = stderr.read_text(encoding="utf-8")
+    assert result.returncode == 0, errors
+    lines = result.stdout.splitlines()
+    assert [json.loads(line)["start"] for line in lines] == [0, 1, 2]
+    # Nothing on stderr but the summary, which says why the run stopped.
+    assert errors.strip() and all(
+        line.startswith("summary: ") for line in errors.splitlines()
+    ), errors
+    assert "stopped: broken-pipe" in errors

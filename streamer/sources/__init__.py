@@ -78,6 +78,12 @@ def _recording(path: Path, options: SourceOptions, clock: Clock) -> Source:
 
 def _file(path: Path, options: SourceOptions, clock: Clock) -> Source:
     """An audio or video file source, chosen by extension (or by probing when unknown)."""
+    if not path.exists():
+        from streamer.recording import partial_note
+
+        note = partial_note(path)  # an unfinished recording of that name beside it
+        if note:
+            raise InputError(f"{path}: no such file or recording{note}")
     if path.is_dir():
         if (path / "meta.json").is_file():
             return _recording(path, options, clock)
