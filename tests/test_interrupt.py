@@ -276,13 +276,16 @@ labels = ["quiet", "loud"]
     assert summary["stopped"] == "interrupted"
 
 
-def test_output_pipe_closed_by_head_ends_quietly(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "output", ["-q --out /dev/stdout", "--pace fast"], ids=["jsonl", "console"]
+)
+def test_output_pipe_closed_by_head_ends_quietly(tmp_path: Path, output: str) -> None:
     # synthetic:tone never ends: only the closed pipe stops the run.
     stderr = tmp_path / "stderr.txt"
     command = " ".join(
         [
             *streamer_command(),
-            f"run --source synthetic:tone -q --out /dev/stdout 2>{stderr}",
+            f"run --source synthetic:tone {output} 2>{stderr}",
             "| head -n 3; exit ${PIPESTATUS[0]}",
         ]
     )
@@ -299,7 +302,10 @@ def test_output_pipe_closed_by_head_ends_quietly(tmp_path: Path) -> None:
     errors = stderr.read_text(encoding="utf-8")
     assert result.returncode == 0, errors
     lines = result.stdout.splitlines()
-    assert [json.loads(line)["start"] for line in lines] == [0, 1, 2]
+    if "/dev/stdout" in output:
+        assert [json.loads(line)["start"] for line in lines] == [0, 1, 2]
+    else:
+        assert [line.split()[2] for line in lines] == ["#0", "#1", "#2"]
     # Nothing on stderr but the summary, which says why the run stopped.
     assert errors.strip() and all(
         line.startswith("summary: ") for line in errors.splitlines()

@@ -73,9 +73,10 @@ class ConsoleSink:
             try:
                 self.stream.write(format_output(output) + "\n")
                 self.stream.flush()
-            except BrokenPipeError:  # `streamer run ... | head`: stop printing, keep running
+            except BrokenPipeError:  # `streamer run ... | head`: stop printing; the run drains
                 self.every = 1 << 62
                 self._silence()
+                raise
 
     def _silence(self) -> None:
         """Point the closed stdout at /dev/null so that the interpreter's exit flush is quiet."""
