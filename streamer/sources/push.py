@@ -23,12 +23,13 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator
-from typing import Literal
+from collections.abc import AsyncGenerator, Callable
+from typing import Literal, TypeVar
 
 from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
 from streamer.sources.base import GeneratorSource
 
+R = TypeVar("R")
 PushPolicy = Literal["latest", "drop-oldest"]
 PUSH_POLICIES: tuple[PushPolicy, ...] = ("latest", "drop-oldest")
 #: Markers waiting beyond this many are dropped (their frames still show up as a gap).
@@ -137,6 +138,34 @@ class PushBuffer:
         return self._error
 
 
+async def in_daemon_thread(fn: Callable[[], R], name: str) -> R:
+    """``fn()`` on a new daemon thread, awaited. Unlike ``asyncio.to_thread`` nothing waits
+    for it at exit, so an abort never waits for a device that is slow to open or close."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+
+    def settle(result: R | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting task
+            outcome: tuple[R | None, BaseException | None] = (None, exc)
+        else:
+            outcome = (result, None)
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody awaits it
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future
+
+
 class PushSource(GeneratorSource):
     """A one-stream source fed by a :class:`PushBuffer`; subclasses start the device.
 
@@ -170,7 +199,7 @@ class PushSource(GeneratorSource):
         try:
             if self._closed:
                 return
-            await asyncio.to_thread(self._start_device)
+            await in_daemon_thread(self._start_device, f"{self.name}:start")
             yield StreamStart(self.stream, self.media, self.rate, dict(self.meta))
             while True:
                 item = await self.buffer.get()
@@ -191,7 +220,7 @@ class PushSource(GeneratorSource):
             yield StreamEnd(self.stream, expected, "eof")
         finally:
             self.buffer.close()
-            await asyncio.to_thread(self._stop_device)
+            await in_daemon_thread(self._stop_device, f"{self.name}:stop")
 
     def _release(self) -> None:
         self.buffer.close()
