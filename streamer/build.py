@@ -160,15 +160,13 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         torch.set_num_threads(model.threads)
     if model.factory is not None:
         add_cwd_to_path()
-    loaded = load_model(model.factory, model.path, factory_kwargs=model.options)
+    loaded = load_model(model.factory, model.path, options=model.options, threads=model.threads)
     if model.device == "cuda":
         module = getattr(loaded, "module", None)
         if not isinstance(module, torch.nn.Module):
             raise InputError("[model] device: 'cuda' works for torch models, not this one")
         module.to("cuda")  # inputs follow the parameters' device; outputs come back to CPU
-    head_options: dict[str, Any] = (
-        {"activation": model.activation} if model.head != "generate" else {}
-    )
+    head_options: dict[str, Any] = {"activation": model.activation}
     if model.head == "window":
         head_options.update(
             window=model.window, hop=model.hop, reduce=model.reduce or "mean", partial=model.partial

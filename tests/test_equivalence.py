@@ -71,6 +71,27 @@ class DeltaWithInitial(Delta):
         return torch.zeros(1, batch, self.hidden), torch.zeros(batch, self.gru.input_size)
 
 
+class StrictDelta(Delta):
+    """:class:`Delta` that must be given its state: ``forward`` rejects ``state=None`` (in
+    TorchScript the type says so) and ``initial_state`` is not zeros, so an offline pass
+    that did not start from it would give other outputs."""
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h, previous = state
+        delta = x - torch.cat([previous[:, None], x[:, :-1]], dim=1)
+        out, h = self.gru(delta, h)
+        return self.head(out), (h, x[:, -1])
+
+    @torch.jit.export
+    def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
+        return (
+            torch.full((1, batch, self.hidden), 0.5),
+            torch.full((batch, self.gru.input_size), 0.25),
+        )
+
+
 class CountingCell(nn.Module):
     """A GRUCell loop whose state is a dict with batch-first tensors, declared by attribute.
 
@@ -188,8 +209,19 @@ def test_rnn_step_over_chunks_equals_forward(model: RNNModel, data: st.DataObjec
 MODULES: dict[str, Callable[[], nn.Module]] = {
     "delta": Delta,
     "delta-initial": DeltaWithInitial,
+    "strict-initial": StrictDelta,
     "counting-dict": CountingCell,
 }
+
+
+def test_strict_module_rejects_none_so_offline_must_use_initial_state() -> None:
+    """The premise of the ``strict-initial`` cases: state=None fails, eager and scripted."""
+    module = StrictDelta()
+    x = sequence(0, 2, 5)
+    with pytest.raises(TypeError):
+        module(x, None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        torch.jit.script(module)(x, None)
 
 
 @pytest.mark.parametrize("kind", sorted(MODULES))
@@ -225,6 +257,15 @@ def scripted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Delta]:
     torch.manual_seed(7)
     module = Delta()
     path = tmp_path_factory.mktemp("jit") / "delta.pt"
+    torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
+    return path, module
+
+
+@pytest.fixture(scope="module")
+def scripted_strict(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StrictDelta]:
+    torch.manual_seed(8)
+    module = StrictDelta()
+    path = tmp_path_factory.mktemp("jit") / "strict.pt"
     torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
     return path, module
 
@@ -270,6 +311,25 @@ def test_torchscript_step_over_chunks_equals_eager_forward(
 
 @settings(max_examples=30, deadline=None)
 @given(data=st.data())
+def test_torchscript_with_initial_state_offline_equals_streaming(
+    scripted_strict: tuple[Path, StrictDelta], data: st.DataObject
+) -> None:
+    """A scripted module that takes no ``state=None``: ``forward`` (offline) starts from
+    its exported ``initial_state`` as every stream does."""
+    path, module = scripted_strict
+    model = TorchScriptModel(path)
+    length = data.draw(st.integers(1, 300), label="length")
+    batch = data.draw(st.integers(1, 3), label="batch")
+    x = sequence(data.draw(st.integers(0, 2**16)), batch, length)
+    sizes = data.draw(chunk_sizes(length), label="chunks")
+    with torch.inference_mode():
+        expected = module(x, module.initial_state(batch))[0]
+    assert_close(model.forward(x), expected)
+    assert_close(run_chunked(model, x, sizes), expected)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
 def test_onnx_step_over_chunks_equals_torch_forward(
     exported: tuple[Path, GRUWithState], data: st.DataObject
 ) -> None:
@@ -300,6 +360,8 @@ def build(kind: str, files: dict[str, Path]) -> StatefulModel:
         return ContextModel(RNNModel(nn.GRU(FEATURES + 2, HIDDEN, batch_first=True)), 2)
     if kind == "torchscript":
         return TorchScriptModel(files["jit"])
+    if kind == "torchscript-strict":
+        return TorchScriptModel(files["jit-strict"])
     if kind == "onnx":
         return OnnxModel(files["onnx"], state_map={"h": "h_out"}, threads=1)
     return ModuleModel(MODULES[kind]())
@@ -312,8 +374,10 @@ STREAM_MODELS = [
     "context-gru",
     "delta",
     "delta-initial",
+    "strict-initial",
     "counting-dict",
     "torchscript",
+    "torchscript-strict",
     "onnx",
 ]
 
@@ -324,10 +388,12 @@ STREAM_MODELS = [
 def test_streams_batched_equal_each_stream_alone(
     kind: str,
     scripted: tuple[Path, Delta],
+    scripted_strict: tuple[Path, StrictDelta],
     exported: tuple[Path, GRUWithState],
     data: st.DataObject,
 ) -> None:
-    model = build(kind, {"jit": scripted[0], "onnx": exported[0]})
+    files = {"jit": scripted[0], "jit-strict": scripted_strict[0], "onnx": exported[0]}
+    model = build(kind, files)
     store = StateStore(model, ttl=None)
     count = data.draw(st.integers(1, 5), label="streams")
     streams = [f"s{i}" for i in range(count)]

@@ -11,6 +11,7 @@ the head's activation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -76,6 +77,21 @@ class Leaky(nn.Module):
         return torch.stack(ys, dim=1), (h, n)
 
 
+class StrictLeaky(Leaky):
+    """:class:`Leaky` that must be given its state: ``forward`` rejects ``None``, and
+    ``initial_state`` (h = 0.1, five steps already counted) is not what ``None`` gives."""
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if state is None:
+            raise ValueError("StrictLeaky needs a state: see initial_state(batch)")
+        return super().forward(x, state)
+
+    def initial_state(self, batch: int) -> tuple[Tensor, Tensor]:
+        return torch.full((batch, HIDDEN), 0.1), torch.full((batch, 1), 5.0)
+
+
 def _build(kind: str, seed: int = 0) -> StatefulModel:
     torch.manual_seed(seed)
     if kind == "gru":
@@ -86,10 +102,14 @@ def _build(kind: str, seed: int = 0) -> StatefulModel:
         return as_model((nn.GRU(F, HIDDEN, num_layers=2, batch_first=True), nn.Linear(HIDDEN, 3)))
     if kind == "custom":
         return as_model(Leaky())
+    if kind == "strict":
+        return as_model(StrictLeaky())
     raise AssertionError(kind)
 
 
-MODELS: dict[str, StatefulModel] = {k: _build(k) for k in ("gru", "lstm", "gru2", "custom")}
+MODELS: dict[str, StatefulModel] = {
+    k: _build(k) for k in ("gru", "lstm", "gru2", "custom", "strict")
+}
 
 
 class Counting:
@@ -315,13 +335,14 @@ async def test_online_steps_in_chunks_and_offline_in_one_forward() -> None:
         settings_for(chunk=16, lookahead=2),
         pace="realtime",  # frames arrive one by one (virtual time)
     )
-    # the dry step on the first frame, two full chunks, the rest at the end, L zeros
-    assert online.lengths == [1, 16, 16, 8, 2]
+    # the dry step (two steps of the first frame), two full chunks, the rest at the end,
+    # L zeros
+    assert online.lengths == [2, 16, 16, 8, 2]
 
     offline = Counting(MODELS["gru"])
     await run_stage(offline, [stream_script("s", frames)], settings_for(lookahead=2), "offline")
-    assert offline.forwards == [(1, 42, F)]
-    assert offline.batches == [1]  # the dry step on the first frame, nothing else
+    assert offline.forwards == [(1, 2, F), (1, 42, F)]  # the dry run, then the whole stream
+    assert offline.batches == []
 
     pieces = Counting(MODELS["gru"])
     await run_stage(pieces, [stream_script("s", frames)], settings_for(offline_chunk=10), "offline")
@@ -1011,3 +1032,302 @@ def test_settings_are_checked() -> None:
         ModelStage(model, settings_for(chunk=0))
     with pytest.raises(InputError, match="generate"):
         ModelStage(model, ModelSettings(labels=VOCAB, head="generate", lookahead=2))
+
+
+# --- the dry check: two steps, and the real problem named --------------------------------
+
+
+def mono(samples: int = F) -> Frame:
+    """A zero mono audio frame of ``samples`` samples (raw features: that many per step)."""
+    return Frame("s", 0, 0.0, 0.0, np.zeros((samples, 1), np.float32), RATE)
+
+
+class LastStepOnly(Leaky):
+    """Returns only the last step's output, ``y [B, 1, K]``, whatever ``T``."""
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        y, new = super().forward(x, state)
+        return y[:, -1:], new
+
+
+class LastStepModel(Counting):
+    """A :class:`StatefulModel` (no adapter) that returns only its last step."""
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        y, new = self.model.step(x, state)
+        return y[:, -1:], new
+
+
+class YOnly(nn.Module):
+    """Forgets to return its state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Linear(F, len(LABELS))
+
+    def forward(self, x: Tensor, state: Tensor | None) -> Tensor:
+        return self.out(x)
+
+
+class NeedsState(Leaky):
+    """Unpacks its state without a fresh start for ``None``, and has no initial_state."""
+
+    def forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        h, n = state  # type: ignore[misc]
+        return super().forward(x, (h, n))
+
+
+def refused(stage: ModelStage, frame: Frame) -> str:
+    """The one-line InputError of ``stage.dry_check(frame)``."""
+    with pytest.raises(InputError) as info:
+        stage.dry_check(frame)
+    message = str(info.value)
+    assert message.startswith("stage 'model': ") and "\n" not in message, message
+    assert "does not fit" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_dry_check_refuses_a_model_that_returns_only_its_last_step(mode: str) -> None:
+    """Two steps in, one output out: refused before the run, whatever the adapter."""
+    adapted = ModelStage(as_model(LastStepOnly()), settings_for(), mode=mode)
+    message = refused(adapted, mono())
+    assert "one output per step" in message and "[1, 1, 3]" in message, message
+    bare = ModelStage(LastStepModel(MODELS["gru"]), settings_for(), mode="online")
+    message = refused(bare, mono())
+    assert "y [B, T, K], one output per step" in message and "[1, 1, 3]" in message, message
+
+
+def test_dry_check_names_a_forward_that_does_not_return_y_and_state() -> None:
+    message = refused(ModelStage(as_model(YOnly()), settings_for()), mono())
+    assert "forward(x, state) must return (y, state), got a Tensor of shape [1, 2, 3]" in message
+
+
+def test_dry_check_names_state_none_for_a_module_that_cannot_start_fresh() -> None:
+    message = refused(ModelStage(as_model(NeedsState()), settings_for()), mono())
+    assert "state=None" in message and "initial_state(batch)" in message, message
+
+
+def test_dry_check_names_both_shapes_when_a_custom_module_fails_on_the_features() -> None:
+    """A module that declares no input shape and fails on 16 samples per step (it takes 8)."""
+    message = refused(ModelStage(as_model(Leaky()), settings_for()), mono(16))
+    assert "'raw' features, [16] per step" in message and "[1, 2, 16]" in message, message
+    declared = refused(_gru40(), mono(16))
+    assert "[16] per step, but the model takes [40]" in declared, declared
+
+
+def test_dry_check_is_a_public_method_that_leaves_nothing_behind() -> None:
+    model = Counting(MODELS["gru"])
+    stage = ModelStage(model, settings_for())
+    stage.dry_check(mono())
+    assert model.lengths == [2]  # one call, two steps
+    assert stage._streams == {} and len(stage.store) == 0
+
+
+async def test_offline_starts_from_the_models_initial_state() -> None:
+    """A module that rejects state=None runs offline as online, from its initial_state."""
+    model = MODELS["strict"]
+    frames = random_frames(30, 40)
+    expected = direct(model, frames)
+    for mode in ("online", "offline"):
+        run, _, _ = await run_stage(model, [stream_script("s", frames)], settings_for(), mode)
+        starts, scores = frame_outputs(run.outputs, "s")
+        assert starts == list(range(30)), mode
+        close(scores, expected)
+    # starting from None-like zeros would have given other scores
+    with torch.inference_mode():
+        zeros = (torch.zeros(1, HIDDEN), torch.zeros(1, 1))
+        y = StrictLeaky.forward(model.module, torch.from_numpy(frames)[None], zeros)[0][0]  # type: ignore[attr-defined]
+    assert not np.allclose(activate(y, "auto"), expected, atol=1e-3)
+
+
+# --- generate head: checked before the run -----------------------------------------------
+
+
+class Narrow(nn.Module):
+    """Three features in, one logit per token of ``VOCAB`` out; optionally declares its
+    input shape. It cannot take a one-hot token (five values) back."""
+
+    def __init__(self, declare: bool = True) -> None:
+        super().__init__()
+        if declare:
+            self.input_shape = (3,)
+        self.out = nn.Linear(3, len(VOCAB))
+
+    def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        count = torch.zeros(x.shape[0], 1) if state is None else state
+        return self.out(x), count + x.shape[1]
+
+
+class Embedded(Narrow):
+    """:class:`Narrow` with ``embed_token(id)``: three features per token."""
+
+    def embed_token(self, token: int) -> Tensor:
+        return torch.tensor([float(token), 1.0, -1.0])
+
+
+def generate_settings(**kwargs: Any) -> ModelSettings:
+    return ModelSettings(labels=VOCAB, head="generate", max_len=3, **kwargs)
+
+
+def test_generate_end_token_outside_the_vocabulary_is_refused() -> None:
+    with pytest.raises(InputError, match=r"\[model\] end_token '<stop>' is not in the vocab"):
+        ModelStage(ModuleModel(Successor()), generate_settings(end_token="<stop>"))
+
+
+def test_generate_refuses_a_model_that_cannot_take_its_tokens_back() -> None:
+    with pytest.raises(InputError) as info:
+        ModelStage(ModuleModel(Narrow()), generate_settings())
+    message = str(info.value)
+    assert "embed_token(id)" in message and "input size equal to the vocabulary" in message
+    assert "[3]" in message and "(5," in message, message
+    # an undeclared input shape: found by the dry check, on three-sample frames
+    stage = ModelStage(ModuleModel(Narrow(declare=False)), generate_settings())
+    message = refused(stage, mono(3))
+    assert "embed_token(id)" in message and "[3] per step" in message, message
+
+
+async def test_generate_with_embed_token_runs() -> None:
+    model = ModuleModel(Embedded())
+    stage = ModelStage(model, generate_settings())
+    stage.dry_check(mono(3))
+    items: list[Item] = [StreamStart("g", "audio", RATE)]
+    items += [
+        Frame("g", i, i * 0.01, 0.0, np.full((3, 1), 0.1 * i, np.float32), RATE) for i in range(2)
+    ]
+    items.append(StreamEnd("g", 2))
+    run, _, _ = await run_stage(model, [items], generate_settings())
+    assert [(o.kind, o.start, o.extra["position"]) for o in run.outputs] == [
+        ("token", 0, 0),
+        ("token", 0, 1),
+        ("token", 0, 2),
+        ("token", 1, 0),
+        ("token", 1, 1),
+        ("token", 1, 2),
+    ]
+
+
+class FewLogits(Narrow):
+    """Takes one-hot tokens (five values) but gives three logits, not one per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (len(VOCAB),)
+        self.out = nn.Linear(len(VOCAB), 3)
+
+
+def test_generate_needs_one_logit_per_token() -> None:
+    stage = ModelStage(ModuleModel(FewLogits()), generate_settings())
+    message = refused(stage, mono(len(VOCAB)))
+    assert "one logit per token: the model gives 3 per step" in message, message
+    assert "vocabulary ([model] labels) has 5" in message, message
+
+
+# --- head settings the head cannot use ---------------------------------------------------
+
+
+def test_softmax_over_a_single_output_is_refused_before_the_run() -> None:
+    config = ModelSettings(labels=("silence", "speech"), head_options={"activation": "softmax"})
+    stage = ModelStage(ModuleModel(Level()), config)
+    message = refused(stage, mono())
+    assert "[model] activation = 'softmax'" in message and "K = 1" in message, message
+    fine = ModelStage(ModuleModel(Level()), ModelSettings(labels=("silence", "speech")))
+    fine.dry_check(mono())
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        (generate_settings(head_options={"activation": "sigmoid"}), "activation"),
+        (generate_settings(thresholds={"a": 0.5}), "thresholds"),
+        (generate_settings(smoothing={"min_on": 0.1}), "smoothing"),
+    ],
+)
+def test_options_the_generate_head_cannot_use_are_refused(
+    settings: ModelSettings, key: str
+) -> None:
+    with pytest.raises(InputError, match=rf"\[model\] {key} = .* does not apply to head"):
+        ModelStage(ModuleModel(Successor()), settings)
+    ModelStage(ModuleModel(Successor()), generate_settings(head_options={"activation": "auto"}))
+
+
+def test_head_options_are_checked_at_construction_not_mid_run() -> None:
+    with pytest.raises(InputError, match=r"\[model\] end_token is for head = 'generate'"):
+        ModelStage(MODELS["gru"], settings_for(end_token="a"))
+    with pytest.raises(InputError, match=r"\[model\] head: 'frame'.*window"):
+        ModelStage(MODELS["gru"], settings_for(head_options={"window": 4}))
+    with pytest.raises(InputError, match=r"\[model\] thresholds: .*unknown labels \['z'\]"):
+        ModelStage(MODELS["gru"], settings_for(thresholds={"z": 0.5}))
+
+
+# --- the TTL and slow model calls; model calls counted offline -----------------------------
+
+
+class CostClock:
+    """Time that only model calls advance (``charge``); sleepers jump ahead to their
+    deadline. A model call longer than the TTL, without timing anything."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.t = max(self.t, deadline)
+        await asyncio.sleep(0)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.sleep_until(self.t + seconds)
+
+    def busy(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    def charge(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class Costly(Counting):
+    """Each step costs ``cost`` seconds of ``clock`` time."""
+
+    def __init__(self, model: StatefulModel, clock: CostClock, cost: float) -> None:
+        super().__init__(model)
+        self.clock = clock
+        self.cost = cost
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        self.clock.charge(self.cost)
+        return super().step(x, state)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+async def test_ttl_never_evicts_a_stream_whose_frames_were_just_processed(chunk: int) -> None:
+    """Every model call takes 1 s, twice the TTL: the stream keeps its state and its
+    outputs, each frame once (nothing restarts mid-stream)."""
+    clock = CostClock()
+    model = Costly(MODELS["custom"], clock, cost=1.0)
+    frames = random_frames(30, 41)
+    stage = ModelStage(model, settings_for(ttl=0.5, chunk=chunk), clock=clock)
+    run = await run_scripted(
+        [stream_script("s", frames)], [stage], clock=clock, pace="fast", source_capacity=2
+    )
+    assert len(model.lengths) > 3  # many calls, each longer than the TTL
+    starts, scores = frame_outputs(run.outputs, "s")
+    assert starts == list(range(30))
+    close(scores, direct(MODELS["custom"], frames))
+
+
+async def test_offline_runs_count_their_model_calls() -> None:
+    frames = {"a": random_frames(40, 42), "b": random_frames(12, 43)}
+    scripts = [stream_script(name, data) for name, data in frames.items()]
+    _, whole, _ = await run_stage(MODELS["gru"], scripts, settings_for(), "offline")
+    assert whole.report()["model_calls"] == 2  # one forward per stream
+    assert whole.report()["mean_batch"] == 1
+    _, pieces, _ = await run_stage(
+        MODELS["gru"], scripts[:1], settings_for(offline_chunk=10), "offline"
+    )
+    assert pieces.report()["model_calls"] == 4  # 40 steps in pieces of 10

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from onnx_exports import export_state_first, export_twin, export_unnamed
 from torch import Tensor, nn
 
 from streamer.errors import InputError
 from streamer.models import (
     ContextModel,
+    ModelContractError,
     ModuleModel,
     OnnxModel,
     RNNModel,
@@ -114,7 +116,7 @@ class BatchFirstState(nn.Module):
         self.cell = nn.GRUCell(F, H)
 
     def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        h = torch.zeros(x.shape[0], H) if state is None else state[:, :, 0]
+        h = torch.zeros(x.shape[0], self.cell.hidden_size) if state is None else state[:, :, 0]
         ys = []
         for t in range(x.shape[1]):
             h = self.cell(x[:, t], h)
@@ -125,13 +127,13 @@ class BatchFirstState(nn.Module):
 def test_module_state_batch_axes_default_argument_and_check() -> None:
     x = randn(2, 5, F)
     default = ModuleModel(BatchFirstState())
-    with pytest.raises(ValueError, match="declare state_batch_axes"):
+    with pytest.raises(ModelContractError, match=r"declare the axes .* state_batch_axes"):
         default.step(x, default.initial_state(2))
     declared = ModuleModel(BatchFirstState(), state_batch_axes=(0,))
     _, state = declared.step(x, declared.initial_state(2))
     assert state.batch_axes == (0,) and state.tensors[0].shape == (2, H, 1)
     wrong_count = ModuleModel(BatchFirstState(), state_batch_axes=(0, 0))
-    with pytest.raises(ValueError, match="names 2 axes but the state has 1 tensors"):
+    with pytest.raises(ModelContractError, match="names 2 axes but the state has 1 tensors"):
         wrong_count.step(x, wrong_count.initial_state(2))
 
 
@@ -142,7 +144,11 @@ class BadOutput(nn.Module):
 
 def test_module_must_return_y_and_state() -> None:
     model = ModuleModel(BadOutput(), name="bad")
-    with pytest.raises(TypeError, match=r"model 'bad': forward\(x, state\) must return"):
+    with pytest.raises(
+        ModelContractError,
+        match=r"model 'bad': forward\(x, state\) must return \(y, state\),"
+        r" got a Tensor of shape \[1, 2, 4\]",
+    ):
         model.step(randn(1, 2, F), model.initial_state(1))
 
 
@@ -368,14 +374,26 @@ def test_onnx_named_state_and_constant_inputs(vad: tuple[Path, PerStepVad]) -> N
 
 def test_onnx_naming_errors(vad: tuple[Path, PerStepVad]) -> None:
     path, _ = vad
-    with pytest.raises(InputError, match="input 'sr' has no value; give it in constants"):
+    with pytest.raises(
+        InputError, match=r"input 'sr' has no value; give it in \[model\] options\.constants"
+    ):
         OnnxModel(path, state_map={"state": "stateN"})
-    with pytest.raises(InputError, match="cannot pair state inputs"):
+    with pytest.raises(
+        InputError,
+        match=r"input 'sr' \(\[\]\) has no output of its shape .* give \[model\]"
+        r" options\.constants = \{sr = VALUE\} if it is a constant input",
+    ):
         OnnxModel(path)
-    with pytest.raises(InputError, match="constant 'rate' is not an input"):
+    with pytest.raises(
+        InputError, match=r"\[model\] options\.constants names input 'rate', which the model"
+    ):
         OnnxModel(path, constants={"rate": 16000})
-    with pytest.raises(InputError, match="state output 'hN' is not an output"):
+    with pytest.raises(InputError, match=r"options\.state_map names output 'hN'"):
         OnnxModel(path, constants={"sr": 16000}, state_map={"state": "hN"})
+    with pytest.raises(InputError, match=r"options\.input_name names input 'audio'"):
+        OnnxModel(path, constants={"sr": 16000}, input_name="audio")
+    with pytest.raises(InputError, match=r"options\.constants\.sr: 'fast' is not a"):
+        OnnxModel(path, constants={"sr": "fast"})
 
 
 def test_context_over_per_step_onnx_like_silero(vad: tuple[Path, PerStepVad]) -> None:
@@ -393,6 +411,63 @@ def test_context_over_per_step_onnx_like_silero(vad: tuple[Path, PerStepVad]) ->
     expected = torch_per_step(module, torch.cat([previous, x], dim=2), 16000)
     torch.testing.assert_close(torch.cat(ys, dim=1), expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.forward(x), expected, atol=1e-5, rtol=0)
+
+
+# --- ONNX: which input is the data, found by name or shape, never by position -----------
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-layouts")
+
+
+def test_onnx_data_input_after_the_state_and_a_constant(onnx_dir: Path) -> None:
+    """Inputs ``h, sr, x`` and outputs ``h_out, y``: ``x`` is the data (its name), ``y``
+    the data output (no state input has its shape), ``h`` pairs with ``h_out``."""
+    path = onnx_dir / "state_first.onnx"
+    module = export_state_first(path, F)
+    model = OnnxModel(path, constants={"sr": 16000})
+    assert (model.input_name, model.output_name) == ("x", "y")
+    assert model.state_map == {"h": "h_out"} and model.input_shape == (F,)
+    x = randn(2, 25, F)
+    expected = module.reference(x, 16000)
+    torch.testing.assert_close(model.forward(x), expected, atol=1e-5, rtol=0)
+    state, ys = model.initial_state(2), []
+    for a, b in [(0, 3), (3, 4), (4, 25)]:
+        y, state = model.step(x[:, a:b], state)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, dim=1), expected, atol=1e-5, rtol=0)
+    slow = OnnxModel(path, constants={"sr": 8000})
+    torch.testing.assert_close(slow.forward(x), module.reference(x, 8000), atol=1e-5, rtol=0)
+    assert not torch.allclose(slow.forward(x), expected)
+
+
+def test_onnx_data_input_found_by_shape_when_names_say_nothing(onnx_dir: Path) -> None:
+    """Inputs ``a`` (state ``[1, B, H]``), ``b`` (data ``[B, T, F]``): the data is the
+    input that no output mirrors."""
+    path = onnx_dir / "unnamed.onnx"
+    module = export_unnamed(path, F)
+    model = OnnxModel(path)
+    assert (model.input_name, model.output_name, model.state_map) == ("b", "d", {"a": "c"})
+    x = randn(3, 17, F)
+    torch.testing.assert_close(model.forward(x), module.reference(x), atol=1e-5, rtol=0)
+
+
+def test_onnx_ambiguous_layout_is_refused_naming_the_key_to_give(onnx_dir: Path) -> None:
+    """Inputs ``p, q`` and outputs ``r, s`` all ``[B, H]``: no guess; the errors name the
+    ``[model] options`` keys that settle it, and with them the model runs."""
+    path = onnx_dir / "twin.onnx"
+    module = export_twin(path, 5)
+    with pytest.raises(InputError, match=r"inputs \['p', 'q'\] .*\[model\] options\.input_name"):
+        OnnxModel(path)
+    with pytest.raises(InputError, match=r"outputs \['r', 's'\] .*\[model\] options\.output_name"):
+        OnnxModel(path, input_name="p")
+    model = OnnxModel(path, input_name="p", state_map={"q": "s"})
+    assert model.output_name == "r" and model.per_step
+    x = randn(2, 9, 5)
+    torch.testing.assert_close(model.forward(x), module.reference(x), atol=1e-5, rtol=0)
+    swapped = OnnxModel(path, input_name="p", output_name="r")
+    assert swapped.state_map == {"q": "s"}
 
 
 # --- load_model -------------------------------------------------------------------------
@@ -464,7 +539,7 @@ def input_error(match: str, **kwargs: object) -> InputError:
 
 @pytest.mark.usefixtures("factories")
 def test_load_model_factory_errors_name_the_factory() -> None:
-    input_error("give a factory")
+    input_error(r"\[model\]: give factory = 'module:function' or path =")
     input_error(r"factory 'nocolon': expected 'module:function'", factory="nocolon")
     input_error(
         r"factory 'streamer_nope:build': module 'streamer_nope' not found",
@@ -519,7 +594,10 @@ def test_load_model_state_dict_into_the_factorys_module(tmp_path: Path) -> None:
     torch.save({"state_dict": reference.state_dict(), "epoch": 3}, checkpoint)
     torch.testing.assert_close(load_model(f"{FAC}:pair", checkpoint).forward(x), expected)
 
-    input_error(rf"model file '{weights}' is a state dict: give a factory", path=weights)
+    input_error(
+        rf"model file '{weights}' is a state dict: give \[model\] factory = 'module:function'",
+        path=weights,
+    )
     input_error(
         rf"state dict '{weights}' does not fit factory '{FAC}:gru': missing keys \[weight_ih_l0",
         factory=f"{FAC}:gru",
@@ -602,6 +680,113 @@ def test_load_model_torchscript_and_onnx_files(
         factory=f"{FAC}:gru",
         path=path,
     )
-    onnx = load_model(path=vad[0], onnx_options={"constants": {"sr": 16000}})
+    onnx = load_model(path=vad[0], options={"constants": {"sr": 16000}})
     assert isinstance(onnx, OnnxModel) and onnx.state_map == {"state": "stateN"}
-    input_error(r"model '.*vad.onnx': cannot pair state inputs", path=vad[0])
+    input_error(r"model '.*vad.onnx': input 'sr' .*options\.constants", path=vad[0])
+
+
+@pytest.mark.usefixtures("factories")
+def test_load_model_gives_options_to_an_onnx_file(onnx_dir: Path) -> None:
+    """``[model] options`` configure the ONNX adapter; unknown keys and wrong types are
+    refused naming ``[model] options.KEY``."""
+    path = onnx_dir / "state_first_options.onnx"
+    module = export_state_first(path, F, seed=3)
+    x = randn(2, 12, F)
+    inferred = load_model(path=path, options={"constants": {"sr": 8000}}, threads=1)
+    torch.testing.assert_close(inferred.forward(x), module.reference(x, 8000), atol=1e-5, rtol=0)
+    named = load_model(
+        path=path,
+        options={
+            "input_name": "x",
+            "output_name": "y",
+            "state_map": {"h": "h_out"},
+            "constants": {"sr": 16000},
+            "state_batch_axes": {"h": 1},
+            "per_step": False,
+            "causal": True,
+        },
+    )
+    torch.testing.assert_close(named.forward(x), module.reference(x, 16000), atol=1e-5, rtol=0)
+    context = load_model(path=path, options={"constants": {"sr": 16000}, "context": 2})
+    assert isinstance(context, ContextModel) and context.input_shape == (F - 2,)
+    input_error(
+        r"model file '.*': unknown key \[model\] options\.sample_rate for an ONNX file;"
+        r" accepted: causal, constants, context, input_name, output_name, per_step,"
+        r" state_batch_axes, state_map$",
+        path=path,
+        options={"sample_rate": 16000},
+    )
+    input_error(
+        r"\[model\] options\.state_map must be a table such as",
+        path=path,
+        options={"state_map": "h"},
+    )
+    input_error(
+        r"\[model\] options\.constants\.sr must be a number",
+        path=path,
+        options={"constants": {"sr": "16k"}},
+    )
+    input_error(
+        r"\[model\] options\.context must be an integer >= 1", path=path, options={"context": 0}
+    )
+    input_error(
+        r"\[model\] options\.constants = \{sr = VALUE\} if it is a constant input",
+        path=path,
+    )
+    # a factory still takes the options as its keyword arguments
+    sized = load_model(f"{FAC}:sequential", options={"hidden": 3})
+    assert isinstance(sized, RNNModel) and sized.rnn.hidden_size == 3
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_load_model_gives_options_to_a_torchscript_file(tmp_path: Path) -> None:
+    """``state_batch_axes``, ``input_shape`` and ``causal`` for a TorchScript file."""
+    torch.manual_seed(6)
+    module = BatchFirstState()
+    path = tmp_path / "batch_first.pt"
+    torch.jit.script(module).save(str(path))  # type: ignore[no-untyped-call]
+    x = randn(2, 7, F)
+    plain = load_model(path=path)
+    with pytest.raises(ModelContractError, match=r"\[model\] options\.state_batch_axes"):
+        plain.step(x, plain.initial_state(2))
+    model = load_model(path=path, options={"state_batch_axes": [0], "input_shape": [F]})
+    assert model.input_shape == (F,)
+    y, state = model.step(x[:, :3], model.initial_state(2))
+    y2, _ = model.step(x[:, 3:], state)
+    with torch.inference_mode():
+        expected = module(x, None)[0]
+    torch.testing.assert_close(torch.cat([y, y2], dim=1), expected, atol=1e-5, rtol=0)
+    offline = load_model(path=path, options={"causal": False})
+    assert not offline.causal
+    with pytest.raises(StreamingRefused):
+        offline.step(x, offline.initial_state(2))
+    input_error(
+        r"unknown key \[model\] options\.state_map for a TorchScript file; accepted: causal,"
+        r" context, input_shape, state_batch_axes$",
+        path=path,
+        options={"state_map": {"h": "h_out"}},
+    )
+    input_error(
+        r"\[model\] options\.state_batch_axes must be a list of axes",
+        path=path,
+        options={"state_batch_axes": 0},
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_traced_module_without_initial_state_is_refused(tmp_path: Path) -> None:
+    """Tracing fixes the state's type to a tensor: no stream could start (state=None)."""
+    torch.manual_seed(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's own warnings about RNNs
+        traced = torch.jit.trace(Scriptable(), (randn(1, 3, F), torch.zeros(1, 1, H)))
+    path = tmp_path / "traced.pt"
+    traced.save(str(path))  # type: ignore[no-untyped-call]
+    error = input_error(
+        r"model '.*traced.pt': forward takes state: Tensor, which cannot be None.*traced"
+        r" module.*script it .*export initial_state",
+        path=path,
+    )
+    assert isinstance(error, ModelContractError)
+    with pytest.raises(ModelContractError, match="cannot be None"):
+        ModuleModel(traced)

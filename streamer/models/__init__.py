@@ -8,13 +8,14 @@ from streamer.models.batching import step_batch
 from streamer.models.loading import load_model
 from streamer.models.module import ModuleModel, TorchScriptModel
 from streamer.models.onnx import OnnxModel
-from streamer.models.protocol import State, StatefulModel, StreamingRefused
+from streamer.models.protocol import ModelContractError, State, StatefulModel, StreamingRefused
 from streamer.models.rnn import RNNModel
 from streamer.models.state import GapPolicy, StateStore
 
 __all__ = [
     "ContextModel",
     "GapPolicy",
+    "ModelContractError",
     "ModuleModel",
     "OnnxModel",
     "RNNModel",

@@ -1,15 +1,22 @@
 """``load_model``: a model from a ``module:function`` factory, a model file, or both.
 
-- ``factory="pkg.mod:build"`` imports ``pkg.mod`` and calls ``build(**factory_kwargs)``. It
+``options`` is the pipeline file's ``[model] options`` table: the factory's keyword
+arguments when there is a factory, else the file adapter's options (checked by
+:mod:`streamer.models.options`; unknown keys are refused).
+
+- ``factory="pkg.mod:build"`` imports ``pkg.mod`` and calls ``build(**options)``. It
   may return a :class:`StatefulModel`, an ``nn.GRU``/``LSTM``/``RNN``, an ``(rnn, head)``
   pair or ``nn.Sequential(rnn, head, ...)``, or an ``nn.Module`` with
   ``forward(x, state) -> (y, state)``; see :func:`~streamer.models.adapters.as_model`.
 - ``path="model.pt"`` / ``.pth``: a TorchScript archive is loaded with ``torch.jit.load``
-  (no factory); anything else must be a state dict, read with
+  (no factory; ``options``: ``state_batch_axes``, ``input_shape``, ``causal``,
+  ``context``); anything else must be a state dict, read with
   ``torch.load(weights_only=True)`` (never arbitrary pickles) into the module the factory
   builds: the returned ``nn.Module``, the pair keyed like ``nn.Sequential(rnn, head)``,
   or the model's ``module`` attribute. ``{"state_dict": {...}}`` checkpoints work too.
-- ``path="model.onnx"``: :class:`~streamer.models.onnx.OnnxModel` with ``onnx_options``.
+- ``path="model.onnx"``: :class:`~streamer.models.onnx.OnnxModel` (``options``:
+  ``input_name``, ``output_name``, ``state_map``, ``constants``, ``state_batch_axes``,
+  ``per_step``, ``causal``, ``context``; ``threads`` is onnxruntime's thread count).
 
 Every failure is an :class:`~streamer.errors.InputError` whose one-line message names the
 factory or the file.
@@ -31,9 +38,10 @@ import torch
 from torch import Tensor
 
 from streamer.errors import InputError
-from streamer.models.adapters import as_model, describe, module_of
+from streamer.models.adapters import ContextModel, as_model, describe, module_of
 from streamer.models.module import TorchScriptModel
 from streamer.models.onnx import OnnxModel
+from streamer.models.options import FileOptions, onnx_options, torchscript_options
 from streamer.models.protocol import StatefulModel
 
 TORCH_SUFFIXES = (".pt", ".pth")
@@ -43,15 +51,26 @@ def load_model(
     factory: str | None = None,
     path: str | PathLike[str] | None = None,
     *,
+    options: Mapping[str, Any] | None = None,
+    threads: int | None = None,
     factory_kwargs: Mapping[str, Any] | None = None,
-    onnx_options: Mapping[str, Any] | None = None,
 ) -> StatefulModel:
-    """Build the model named by ``factory`` and/or ``path`` (see the module doc)."""
+    """Build the model named by ``factory`` and/or ``path`` (see the module doc).
+
+    ``options``: ``[model] options``; ``factory_kwargs`` is its older name (give one).
+    ``threads``: onnxruntime's intra-op threads for an ONNX file (``[model] threads``).
+    """
+    if options is not None and factory_kwargs is not None:
+        raise ValueError("load_model: give options or factory_kwargs, not both")
+    if options is None:
+        options = factory_kwargs
     if factory is None and path is None:
-        raise InputError("model: give a factory ('module:function') or a path (.pt, .pth, .onnx)")
+        raise InputError(
+            "[model]: give factory = 'module:function' or path = 'MODEL' (.pt, .pth, .onnx)"
+        )
     if path is None:
         assert factory is not None
-        return _wrap(call_factory(factory, factory_kwargs), factory)
+        return _wrap(call_factory(factory, options), factory)
 
     file = Path(path)
     if not file.exists():
@@ -64,12 +83,16 @@ def load_model(
             raise InputError(
                 f"model: factory '{factory}' cannot be combined with ONNX file '{path}'"
             )
+        checked = onnx_options(options, path)
         try:
-            return OnnxModel(file, name=str(path), **dict(onnx_options or {}))
+            model: StatefulModel = OnnxModel(
+                file, name=str(path), threads=threads, **checked.adapter
+            )
         except InputError:
             raise
         except Exception as exc:
             raise InputError(f"model file '{path}': not a usable ONNX model: {_line(exc)}") from exc
+        return _with_context(model, checked)
     if suffix not in TORCH_SUFFIXES:
         raise InputError(
             f"model file '{path}': unknown type '{suffix}'; expected .pt or .pth (TorchScript"
@@ -80,17 +103,22 @@ def load_model(
             raise InputError(
                 f"model: factory '{factory}' cannot be combined with TorchScript file '{path}'"
             )
+        checked = torchscript_options(options, path)
         try:
-            return TorchScriptModel(file, name=str(path))
+            model = TorchScriptModel(file, name=str(path), **checked.adapter)
+        except InputError:
+            raise
         except Exception as exc:
             raise InputError(f"model file '{path}': TorchScript load failed: {_line(exc)}") from exc
+        return _with_context(model, checked)
 
     weights = _load_state_dict(file, path)
     if factory is None:
         raise InputError(
-            f"model file '{path}' is a state dict: give a factory that builds the module for it"
+            f"model file '{path}' is a state dict: give [model] factory = 'module:function'"
+            " that builds the module for it"
         )
-    built = call_factory(factory, factory_kwargs)
+    built = call_factory(factory, options)
     module = module_of(built)
     if module is None:
         raise InputError(
@@ -146,6 +174,10 @@ def call_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> object:
         return target(**dict(kwargs or {}))
     except Exception as exc:
         raise InputError(f"factory '{spec}' raised {type(exc).__name__}: {_line(exc)}") from exc
+
+
+def _with_context(model: StatefulModel, options: FileOptions) -> StatefulModel:
+    return ContextModel(model, options.context) if options.context else model
 
 
 def _wrap(obj: object, factory: str) -> StatefulModel:

@@ -19,10 +19,16 @@ to be scripted, set them in ``__init__`` (``self.state_batch_axes = (1, 0)``) so
 TorchScript keeps them.
 
 Fresh state: if the module has a method ``initial_state(batch)`` it is used (a scripted
-module must ``@torch.jit.export`` it). Otherwise ``initial_state`` returns a *fresh*
+module must ``@torch.jit.export`` it), by ``step`` and ``forward`` alike, so the offline
+path starts where a stream does. Otherwise ``initial_state`` returns a *fresh*
 :class:`State` (no tensors) and the module is called with ``state=None``; fresh and
 continuing streams are then stepped in separate calls (``step_batch`` groups them),
-so nothing assumes that zeros mean "fresh".
+so nothing assumes that zeros mean "fresh". A TorchScript module whose ``forward`` types
+its state as anything but ``Optional`` (every traced module does) cannot take ``None``:
+without ``initial_state`` it is refused when wrapped.
+
+Broken contracts (what ``forward`` returns, the state's batch axes) raise
+:class:`~streamer.models.protocol.ModelContractError`.
 """
 
 from __future__ import annotations
@@ -37,7 +43,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from streamer.models.protocol import State, StreamingRefused, check_chunk, check_features
+from streamer.models.protocol import (
+    ModelContractError,
+    State,
+    StreamingRefused,
+    check_chunk,
+    check_features,
+)
 
 
 class ModuleModel:
@@ -71,6 +83,8 @@ class ModuleModel:
         self._spec: pytree.TreeSpec | None = None
         hook = _attribute(module, "initial_state")
         self._initial = hook if callable(hook) else None
+        if self._initial is None:
+            _check_takes_none(module, name)
 
     @property
     def causal(self) -> bool:
@@ -96,23 +110,28 @@ class ModuleModel:
                 " chunk by chunk; run it offline"
             )
         check_chunk(x, state, self.input_shape, self.name)
-        if state.is_fresh:
-            raw: Any = None
-        elif self._spec is None:
-            raise ValueError(f"model '{self.name}': this state was not made by this model")
-        else:
-            raw = pytree.tree_unflatten(list(state.tensors), self._spec)
+        raw = self._raw(state)
         with torch.inference_mode():
             y, new = self._call(x, raw)
         return y, self._to_state(new, state.batch)
 
     def forward(self, x: Tensor) -> Tensor:
-        """The whole sequence ``x [B, T, F...]`` from ``state=None`` -> ``y [B, T, K]``."""
+        """The whole sequence ``x [B, T, F...]`` from the initial state (the module's
+        ``initial_state(B)``, else ``state=None``) -> ``y [B, T, K]``."""
         if not isinstance(x, Tensor) or x.ndim < 3:
             raise ValueError(f"model '{self.name}': x must be a [B, T, F...] tensor")
         check_features(x, self.input_shape, self.name)
+        raw = self._raw(self.initial_state(x.shape[0]))
         with torch.inference_mode():
-            return self._call(x, None)[0]
+            return self._call(x, raw)[0]
+
+    def _raw(self, state: State) -> Any:
+        """``state`` in the module's own structure (``None`` for a fresh one)."""
+        if state.is_fresh:
+            return None
+        if self._spec is None:
+            raise ValueError(f"model '{self.name}': this state was not made by this model")
+        return pytree.tree_unflatten(list(state.tensors), self._spec)
 
     def _call(self, x: Tensor, raw: Any) -> tuple[Tensor, Any]:
         param = next(self.module.parameters(), None)
@@ -120,16 +139,20 @@ class ModuleModel:
             x = x.to(param.device)
         out = self.module(x, raw)
         if not isinstance(out, tuple | list) or len(out) != 2:
-            raise TypeError(
-                f"model '{self.name}': forward(x, state) must return (y, state),"
-                f" got {type(out).__name__}"
+            what = f"a {type(out).__name__}"
+            if isinstance(out, Tensor):
+                what += f" of shape {list(out.shape)}"
+            elif isinstance(out, tuple | list):
+                what += f" of {len(out)}"
+            raise ModelContractError(
+                f"model '{self.name}': forward(x, state) must return (y, state), got {what}"
             )
         y, new = out
         if not isinstance(y, Tensor) or y.ndim < 2 or tuple(y.shape[:2]) != tuple(x.shape[:2]):
             got = list(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise TypeError(
+            raise ModelContractError(
                 f"model '{self.name}': y must be [B, T, K] = [{x.shape[0]}, {x.shape[1]}, K],"
-                f" got {got}"
+                f" one output per step, got {got} for x {list(x.shape)}"
             )
         return y, new
 
@@ -140,21 +163,21 @@ class ModuleModel:
         leaves, spec = pytree.tree_flatten(raw)
         for leaf in leaves:
             if not isinstance(leaf, Tensor):
-                raise TypeError(
+                raise ModelContractError(
                     f"model '{self.name}': the state must be a Tensor or tuples/lists/dicts of"
                     f" tensors, found a {type(leaf).__name__} in it"
                 )
         if self._spec is None:
             self._spec = spec
         elif spec != self._spec:
-            raise TypeError(
+            raise ModelContractError(
                 f"model '{self.name}': the module returned a state of another structure"
                 f" than before ({spec} vs {self._spec})"
             )
         tensors: list[Tensor] = leaves
         if self._axes is not None:
             if len(self._axes) != len(tensors):
-                raise ValueError(
+                raise ModelContractError(
                     f"model '{self.name}': state_batch_axes {list(self._axes)} names"
                     f" {len(self._axes)} axes but the state has {len(tensors)} tensors"
                 )
@@ -163,9 +186,11 @@ class ModuleModel:
             axes = tuple(1 if t.ndim == 3 else 0 for t in tensors)
         for i, (t, a) in enumerate(zip(tensors, axes, strict=True)):
             if not -t.ndim <= a < t.ndim or t.shape[a] != batch:
-                raise ValueError(
+                raise ModelContractError(
                     f"model '{self.name}': state tensor {i} of shape {list(t.shape)} does not"
-                    f" have the batch ({batch}) on axis {a}; declare state_batch_axes"
+                    f" have the batch ({batch}) on axis {a}; declare the axes in the module"
+                    " attribute state_batch_axes (for a TorchScript file: [model]"
+                    " options.state_batch_axes = [AXIS, ...], one per state tensor)"
                 )
         return State(tuple(tensors), axes, batch)
 
@@ -224,6 +249,31 @@ def takes_state(module: nn.Module) -> bool:
         ):
             positional += 1
     return positional >= 2
+
+
+def _check_takes_none(module: nn.Module, name: str) -> None:
+    """Refuse a TorchScript module that cannot start a stream: no ``initial_state`` and a
+    ``forward`` whose state is not ``Optional`` (``None`` is how a stream starts)."""
+    if not isinstance(module, torch.jit.ScriptModule):
+        return
+    try:
+        arguments = module.forward.schema.arguments  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return
+    if len(arguments) < 3:
+        raise ModelContractError(
+            f"model '{name}': its TorchScript forward takes"
+            f" ({', '.join(a.name for a in arguments[1:])}), not (x, state)"
+        )
+    state = arguments[2]
+    kind = str(state.type)
+    if not kind.startswith("Optional") and kind not in ("NoneType", "Any"):
+        raise ModelContractError(
+            f"model '{name}': forward takes {state.name}: {kind}, which cannot be None, and"
+            " there is no initial_state(batch) to start a stream from (a traced module?);"
+            " script it with an Optional state, or export initial_state with"
+            " @torch.jit.export"
+        )
 
 
 def _attribute(module: nn.Module, name: str) -> Any:

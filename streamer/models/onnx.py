@@ -3,9 +3,19 @@
 Naming: the model has one data input (``input_name``), one data output
 (``output_name``), state inputs each paired with the output that returns its next value
 (``state_map``, e.g. Silero VAD's ``{"state": "stateN"}``), and constant inputs given once
-(``constants``, e.g. ``{"sr": 16000}``). Left out, they are inferred: the data input is
-the first input that is not a constant or a state, the data output the first output, and
-the remaining inputs are paired with the remaining outputs in order.
+(``constants``, e.g. ``{"sr": 16000}``). In a pipeline file these are the keys of
+``[model] options`` (see :mod:`streamer.models.options`).
+
+Left out, names are inferred, and only where that is unambiguous (never "the first
+input"): the data input is the only input left, else the only one with a data-like name
+(``x``, ``input``, ``audio``, ...), else the only one that no output mirrors (a state
+input comes back as an output of its shape), else the only one with two dynamic axes
+(batch and time). The data output is the only output left, else the only one that mirrors
+no state input, else the only one with a data-like name (``y``, ``output``, ``logits``,
+...). Each state input pairs with an output of its shape, one whose name it begins
+(``h`` -> ``h_out``, ``state`` -> ``stateN``) first, else the next in order. Anything
+else is an :class:`~streamer.errors.InputError` that names the ``[model] options`` key
+to give.
 
 Two input layouts:
 
@@ -31,19 +41,14 @@ from numpy.typing import ArrayLike
 from torch import Tensor
 
 from streamer.errors import InputError
-from streamer.models.protocol import State, StreamingRefused, check_chunk, check_features
-
-_DTYPES: dict[str, Any] = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+from streamer.models.onnx_layout import OPTION, dtype_of, resolve_layout
+from streamer.models.protocol import (
+    ModelContractError,
+    State,
+    StreamingRefused,
+    check_chunk,
+    check_features,
+)
 
 
 class OnnxModel:
@@ -80,76 +85,24 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(path), sess_options=options, providers=list(providers)
         )
+        layout = resolve_layout(
+            self.name,
+            self.session.get_inputs(),
+            self.session.get_outputs(),
+            input_name=input_name,
+            output_name=output_name,
+            state_map=state_map,
+            constants=constants,
+        )
         inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-
-        self._constants: dict[str, np.ndarray[Any, Any]] = {}
-        for key, value in (constants or {}).items():
-            if key not in inputs:
-                raise InputError(
-                    f"model '{self.name}': constant '{key}' is not an input"
-                    f" (inputs: {', '.join(inputs)})"
-                )
-            self._constants[key] = np.asarray(value, dtype=_dtype(inputs[key].type, key))
-
-        free = [n for n in inputs if n not in self._constants]
-        if state_map is not None:
-            for key, value in state_map.items():
-                if key not in inputs:
-                    raise InputError(
-                        f"model '{self.name}': state input '{key}' is not an input"
-                        f" (inputs: {', '.join(inputs)})"
-                    )
-                if value not in outputs:
-                    raise InputError(
-                        f"model '{self.name}': state output '{value}' is not an"
-                        f" output (outputs: {', '.join(outputs)})"
-                    )
-            free = [n for n in free if n not in state_map]
-        if input_name is None:
-            if not free:
-                raise InputError(f"model '{self.name}': no input is left for the data")
-            input_name = free[0]
-        elif input_name not in inputs:
-            raise InputError(
-                f"model '{self.name}': input '{input_name}' is not an input"
-                f" (inputs: {', '.join(inputs)})"
-            )
-        if output_name is None:
-            taken = set(state_map.values()) if state_map is not None else set()
-            rest = [o for o in outputs if o not in taken]
-            if not rest:
-                raise InputError(f"model '{self.name}': no output is left for the data")
-            output_name = rest[0]
-        elif output_name not in outputs:
-            raise InputError(
-                f"model '{self.name}': output '{output_name}' is not an output"
-                f" (outputs: {', '.join(outputs)})"
-            )
-        if state_map is None:
-            state_ins = [n for n in free if n != input_name]
-            state_outs = [o for o in outputs if o != output_name]
-            if len(state_ins) != len(state_outs):
-                raise InputError(
-                    f"model '{self.name}': cannot pair state inputs [{', '.join(state_ins)}]"
-                    f" with outputs [{', '.join(state_outs)}]; give state_map, and constants"
-                    " for constant inputs"
-                )
-            state_map = dict(zip(state_ins, state_outs, strict=True))
-        else:
-            missing = [n for n in free if n != input_name]
-            if missing:
-                raise InputError(
-                    f"model '{self.name}': input '{missing[0]}' has no value; give it in"
-                    " constants or state_map"
-                )
-        self.input_name = input_name
-        self.output_name = output_name
-        self.state_map = dict(state_map)
-        self._run_outputs = [output_name, *self.state_map.values()]
+        self._constants = layout.constants
+        self.input_name = input_name = layout.input_name
+        self.output_name = layout.output_name
+        self.state_map = layout.state_map
+        self._run_outputs = [layout.output_name, *self.state_map.values()]
 
         data = inputs[input_name]
-        self._x_dtype = _dtype(data.type, input_name)
+        self._x_dtype = dtype_of(data.type, input_name)
         rank = len(data.shape)
         self.per_step = per_step if per_step is not None else rank == 2
         feature_dims = data.shape[1:] if self.per_step else data.shape[2:]
@@ -175,7 +128,7 @@ class OnnxModel:
                         f" dynamic axis {i} besides the batch axis {axis}; zeros cannot be"
                         " made for it"
                     )
-            self._states.append((key, tuple(dims), axis, _dtype(meta.type, key)))
+            self._states.append((key, tuple(dims), axis, dtype_of(meta.type, key)))
 
     def _batch_axis(
         self,
@@ -193,7 +146,7 @@ class OnnxModel:
             return dynamic[0]
         raise InputError(
             f"model '{self.name}': cannot tell the batch axis of state '{key}' (shape"
-            f" {shape}); give state_batch_axes={{'{key}': AXIS}}"
+            f" {shape}); give {OPTION}.state_batch_axes = {{{key} = AXIS}}"
         )
 
     @property
@@ -255,16 +208,9 @@ class OnnxModel:
             if y.ndim == 2:
                 y = y[:, :, None]
         if y.shape[:2] != (batch, steps):
-            raise ValueError(
+            raise ModelContractError(
                 f"model '{self.name}': output '{self.output_name}' has shape {list(y.shape)},"
                 f" expected [{batch}, {steps}, K]"
             )
         tensors = tuple(torch.from_numpy(np.asarray(v)) for v in values)
         return torch.from_numpy(y), State(tensors, state.batch_axes, batch)
-
-
-def _dtype(onnx_type: str, name: str) -> Any:
-    try:
-        return _DTYPES[onnx_type]
-    except KeyError:
-        raise InputError(f"ONNX input '{name}' has an unsupported type {onnx_type}") from None

@@ -29,6 +29,11 @@ class StreamingRefused(InputError):
     """``step`` on a model that cannot be streamed (a bidirectional, non-causal one)."""
 
 
+class ModelContractError(InputError):
+    """The model breaks the adapter's contract: what ``forward`` returns (``(y, state)``,
+    ``y [B, T, K]``), the state's structure or batch axes, a state it cannot start from."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class State:
     """The hidden state of ``batch`` streams.

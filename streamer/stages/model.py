@@ -19,6 +19,15 @@ with an ``L``-step delay), so the output for frame ``t`` is emitted once frame `
 been stepped: a fixed, declared delay. At the end of a stream (and before a resetting
 gap) ``L`` zero steps flush the last outputs. Offline runs align the same way, so for a
 causal model streaming and offline outputs are equal for any chunking and lookahead.
+
+Before the run: the constructor refuses settings the head cannot use, and
+:meth:`ModelStage.dry_check` runs the model on two steps of a zero frame shaped like the
+source's, so that a model that does not fit (features, ``(y, state)``, ``y [B, T, K]``,
+labels, activation, decoding its own tokens) is refused with the real problem named.
+
+Idle streams: with ``ttl``, a stream that sent nothing for ``ttl`` seconds ends as if its
+end marker had come. Activity is stamped when a batch of items is taken and again once it
+has been processed, so a slow model call never makes the streams it served look idle.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from streamer.frames import Frame, Gap, Media, Output, StreamEnd, StreamStart
 from streamer.heads import GenerateHead, Head, make_head
 from streamer.models import State, StatefulModel, StateStore, step_batch
 from streamer.postprocess import Labeler, Smoother
+from streamer.stages.model_checks import check_head_settings, check_input, find_embedder
 from streamer.worker import Worker
 
 Mode = Literal["realtime", "online", "offline"]
@@ -117,6 +127,11 @@ class ModelStage:
             raise InputError(f"stage '{name}': lookahead must be >= 0 and chunk >= 1")
         if settings.head == "generate" and settings.lookahead:
             raise InputError(f"stage '{name}': the generate head takes no lookahead")
+        if settings.head == "generate" and not model.causal:
+            raise InputError(
+                f"stage '{name}': the generate head steps the model token by token; a"
+                " non-causal (bidirectional) model cannot be stepped"
+            )
         self.name = name
         self.model = model
         self.settings = settings
@@ -130,6 +145,7 @@ class ModelStage:
         self._calls = 0
         self._batched_chunks = 0
         self._step_duration: float | None = None
+        check_head_settings(model, settings, name)
 
     def report(self) -> dict[str, Any]:
         """Figures for the run summary: the declared delay and how batching went."""
@@ -148,8 +164,12 @@ class ModelStage:
                 items = [first, *inbox.take_ready()]
                 if self.settings.max_wait_ms > 0 and self.mode != "offline":
                     items += await self._wait_for_more(inbox, items)
-                await self._process(items, outbox)
+                streams = {item.stream for item in items}
+                self._touch(streams)
                 await self._evict_idle(outbox)
+                await self._process(items, outbox)
+                # processing (a slow model call) takes time: these streams were served now
+                self._touch(streams)
         finally:
             self.worker.close()
 
@@ -167,12 +187,22 @@ class ModelStage:
             streams.update(i.stream for i in fresh if isinstance(i, Frame))
         return more
 
+    def _touch(self, streams: set[str]) -> None:
+        """The streams with items in the batch at hand are active now."""
+        now = self.clock.now()
+        for stream in streams:
+            ctx = self._streams.get(stream)
+            if ctx is not None:
+                ctx.active = now
+
     async def _evict_idle(self, outbox: Channel[Any]) -> None:
         """Streams without input for ``ttl`` seconds end as if their end marker had come.
 
-        Activity is the arrival of frames, not model calls (a stream filling a chunk, or
-        collected for an offline pass, is active), and what an idle stream sent is still
-        stepped and output before its state is dropped: eviction loses no output.
+        Activity is input (a stream filling a chunk, or collected for an offline pass, is
+        active), stamped when a batch is taken and after it is processed: a stream with
+        items in the batch at hand, or in the one just processed, is never idle, however
+        long the model call took. What an idle stream sent is still stepped and output
+        before its state is dropped: eviction loses no output.
         """
         ttl = self.settings.ttl
         if ttl is None:
@@ -181,7 +211,7 @@ class ModelStage:
         idle = [s for s, ctx in self._streams.items() if now - ctx.active > ttl]
         if not idle:
             return
-        await self._step_ready(outbox, force=True)
+        await self._step_ready(outbox, force=True, only=set(idle))
         for stream in idle:
             await self._end(stream, outbox)
 
@@ -235,6 +265,7 @@ class ModelStage:
             chunk=chunk if media == "audio" else None,
             channels=channels if media == "audio" else None,
             size=info.get("size") if media == "video" else None,
+            meta=info,
             **s.feature_options,
         )
         head: Head | None = None
@@ -281,9 +312,8 @@ class ModelStage:
         """Features for a run of frames, computed on the worker thread (log-mel is not free
         and must not hold up the event loop). A frame holding NaN or Inf splits the run, so
         that its gap falls between the right frames."""
-        now = self.clock.now()
         for frame in frames:
-            self._ctx(frame).active = now
+            self._ctx(frame)  # a stream whose start marker never came starts here
         start = 0
         while start < len(frames):
             done = await self.worker.call(self._featurize, frames, start)
@@ -434,16 +464,23 @@ class ModelStage:
             parts = []
             for begin in range(0, x.shape[0], piece):
                 part = {stream: x[begin : begin + piece]}
+                self._count(1)
                 out = await self.worker.call(
                     step_batch, self.model, self.store, part, self.clock.now()
                 )
                 parts.append(out[stream])
             y = torch.cat(parts)
         else:
+            self._count(1)
             y = (await self.worker.call(self.model.forward, x.unsqueeze(0)))[0]
         ctx.skip = 0
         await self._deliver(stream, ctx, y[lookahead:], steps, outbox)
         ctx.skip = lookahead
+
+    def _count(self, streams: int) -> None:
+        """One model call over ``streams`` streams, for the report."""
+        self._calls += 1
+        self._batched_chunks += streams
 
     async def _flush_lookahead(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
         """Step ``L`` zero steps so the last ``L`` steps get their outputs."""
@@ -454,6 +491,7 @@ class ModelStage:
         if shape is None:
             return
         pad = torch.zeros((self.settings.lookahead, *shape))
+        self._count(1)
         ys = await self.worker.call(
             step_batch, self.model, self.store, {stream: pad}, self.clock.now()
         )
@@ -558,10 +596,9 @@ class ModelStage:
 
     def embed_token(self, token: int) -> Tensor:
         """The model's ``embed_token(id)`` if it has one, else a one-hot vector ``[F]``."""
-        for owner in (self.model, getattr(self.model, "module", None)):
-            embed = getattr(owner, "embed_token", None)
-            if callable(embed):
-                return torch.as_tensor(embed(token), dtype=torch.float32)
+        embed = find_embedder(self.model)
+        if embed is not None:
+            return torch.as_tensor(embed(token), dtype=torch.float32)
         shape = self.model.input_shape
         size = math.prod(shape) if shape else len(self.settings.labels)
         one_hot = torch.zeros(size)
@@ -569,49 +606,29 @@ class ModelStage:
         return one_hot
 
     # -- checks ------------------------------------------------------------------------
-    def check_input(self, x: Tensor | None) -> None:
-        """A dry step on one step's features; a mismatch names the stage and both shapes."""
-        if x is None:
-            return
-        sample = x.unsqueeze(0)  # [1, 1, F...]
-        expected = self.model.input_shape
+    def dry_check(self, frame: Frame) -> None:
+        """Refuse, before the run, a model that does not fit frames like ``frame`` (a zero
+        frame shaped like the source's): see :meth:`check_input`. Leaves no stream or
+        state behind."""
+        probe = f"\0probe:{frame.stream}"
+        ctx = self._start(probe, frame.media, frame.rate, {})
         try:
-            if self.model.causal:
-                y, _ = self.model.step(sample, self.model.initial_state(1))
-            else:
-                y = self.model.forward(sample)
-        except Exception as exc:
-            want = f"{list(expected)}" if expected is not None else "a different shape"
-            raise InputError(
-                f"stage '{self.name}': the model does not fit the source's "
-                f"'{self.settings.features}' features: they are {list(sample.shape)} "
-                f"[B, T, F...], the model takes {want} per step ({_first_line(exc)})"
-            ) from None
-        self._check_output(y)
+            x, _ = ctx.features.push_frame(frame)
+            self.check_input(x if x.shape[0] else None)
+            self._checked = x.shape[0] > 0
+        finally:
+            self._streams.pop(probe, None)
+            self.store.end(probe)
 
-    def _check_output(self, y: Tensor) -> None:
-        if y.ndim != 3:
-            raise InputError(
-                f"stage '{self.name}': the model's output must be [B, T, K], got {list(y.shape)}"
-            )
-        k, labels = int(y.shape[-1]), len(self.settings.labels)
-        if self.settings.head != "generate" and k != labels and not (k == 1 and labels == 2):
-            raise InputError(
-                f"stage '{self.name}': the model gives {k} scores per step but [model] labels "
-                f"has {labels} ({list(self.settings.labels)})"
-            )
+    def check_input(self, x: Tensor | None) -> None:
+        """A dry run of the model on two steps made of the first step of the source's
+        features ``x [T, F...]``; see :func:`~streamer.stages.model_checks.check_input`."""
+        check_input(self.model, self.settings, self.mode, self.name, x, self._decode_step)
 
 
 def dry_check(stage: ModelStage, frame: Frame) -> None:
-    """Refuse a model that does not fit ``frame`` (a zero frame shaped like the source's)."""
-    probe = stage._start(f"\0probe:{frame.stream}", frame.media, frame.rate, {})
-    try:
-        x, _ = probe.features.push_frame(frame)
-        stage.check_input(x[:1] if x.shape[0] else None)
-        stage._checked = x.shape[0] > 0
-    finally:
-        stage._streams.pop(f"\0probe:{frame.stream}", None)
-        stage.store.end(f"\0probe:{frame.stream}")
+    """:meth:`ModelStage.dry_check` (refuse a model that does not fit ``frame``)."""
+    stage.dry_check(frame)
 
 
 def _next_or_none(tokens: Iterator[Output]) -> Output | None:
@@ -628,8 +645,3 @@ def _finite(data: Any) -> bool:
         return bool(np.isfinite(array).all())
     except (TypeError, ValueError):
         return True
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
