@@ -11,13 +11,12 @@ and never displace a frame: a marker waits for room.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 from streamer.errors import ChannelClosed
-from streamer.frames import Frame, Gap, StreamEnd
+from streamer.frames import Frame, Gap
 
 Policy = Literal["block", "latest"]
 POLICIES: tuple[Policy, ...] = ("block", "latest")
@@ -37,6 +36,25 @@ class ChannelStats:
     dropped: int = 0
     depth: int = 0
     max_depth: int = 0
+    #: ``dropped`` per stream
+    dropped_by_stream: dict[str, int] = field(default_factory=dict)
+
+
+class _Pending:
+    """Overflow gaps of one stream not yet handed out, oldest first.
+
+    Each gap remembers the send sequence numbers of its first and last dropped frame: it is
+    due just before the first item of its stream sent after its first frame (whatever that
+    item is: a frame, a source gap, a ``StreamEnd``), so a gap can never follow its stream's
+    end, nor land before an earlier run's end when a stream id starts again.
+    """
+
+    __slots__ = ("first", "gaps", "last")
+
+    def __init__(self) -> None:
+        self.gaps: list[Gap] = []
+        self.first: list[int] = []  # sequence number of each gap's first dropped frame
+        self.last: list[int] = []  # ... and of its last one
 
 
 class Channel(Generic[T]):
@@ -55,8 +73,11 @@ class Channel(Generic[T]):
         self.policy: Policy = policy
         self.capacity = capacity
         self.stats = ChannelStats(name, policy, capacity)
-        self._buffer: deque[T] = deque()
-        self._pending_gaps: dict[str, list[Gap]] = {}
+        # (sequence number, sequence number of the stream's previous item or -1, item)
+        self._buffer: deque[tuple[int, int, T]] = deque()
+        self._seq = 0
+        self._last_seq: dict[str, int] = {}  # latest only: per stream, the last item sent
+        self._pending_gaps: dict[str, _Pending] = {}
         self._queued: dict[str, int] = {}  # frames waiting, per stream
         self._producers = producers
         self._not_empty = asyncio.Event()
@@ -70,19 +91,24 @@ class Channel(Generic[T]):
         channel is full of other streams' frames it displaces the oldest of them."""
         if self._producers <= 0:
             raise ChannelClosed(f"channel '{self.name}' is closed")
-        if self.policy == "latest" and isinstance(item, Frame) and self._queued.get(item.stream):
+        latest = self.policy == "latest"
+        if latest and isinstance(item, Frame) and self._queued.get(item.stream):
             self._drop_oldest_frame(item.stream)
         while len(self._buffer) >= self.capacity:
             # Only a newer frame displaces a frame; a marker waits for room like under block.
-            if (
-                self.policy == "latest"
-                and isinstance(item, Frame)
-                and self._drop_oldest_frame(item.stream)
-            ):
+            if latest and isinstance(item, Frame) and self._drop_oldest_frame(item.stream):
                 break
             self._not_full.clear()
             await self._not_full.wait()
-        self._buffer.append(item)
+        seq = self._seq
+        self._seq = seq + 1
+        previous = -1
+        if latest:
+            stream = getattr(item, "stream", None)
+            if isinstance(stream, str):
+                previous = self._last_seq.get(stream, -1)
+                self._last_seq[stream] = seq
+        self._buffer.append((seq, previous, item))
         if isinstance(item, Frame):
             self._queued[item.stream] = self._queued.get(item.stream, 0) + 1
         self.stats.sent += 1
@@ -134,7 +160,7 @@ class Channel(Generic[T]):
                 return gap  # type: ignore[return-value]
         if not self._buffer:
             return None
-        item = self._buffer.popleft()
+        _, _, item = self._buffer.popleft()
         if isinstance(item, Frame):
             self._unqueue(item.stream)
         self.stats.received += 1
@@ -145,24 +171,19 @@ class Channel(Generic[T]):
     def _due_gap(self) -> Gap | None:
         """A pending overflow gap that must come before the next buffered item."""
         if self._buffer:
-            head = self._buffer[0]
+            seq, _, head = self._buffer[0]
             stream = getattr(head, "stream", None)
-            gaps = self._pending_gaps.get(stream) if isinstance(stream, str) else None
-            if not gaps:
-                return None
-            if isinstance(head, Frame | Gap):
-                limit: float = head.index
-            else:  # a stream's gaps come after its start and before its end
-                limit = math.inf if isinstance(head, StreamEnd) else -math.inf
-            if gaps[0].index >= limit:
-                return None
+            pending = self._pending_gaps.get(stream) if isinstance(stream, str) else None
+            if pending is None or pending.first[0] > seq:
+                return None  # the head is not of a stream whose frames were dropped before it
         elif self._producers > 0:
             return None  # gaps wait for the stream's next item, or for the close
-        else:
+        else:  # closed and drained: what is left had no later item of its stream
             stream = next(iter(self._pending_gaps))
-            gaps = self._pending_gaps[stream]
-        gap = gaps.pop(0)
-        if not gaps:
+            pending = self._pending_gaps[stream]
+        gap = pending.gaps.pop(0)
+        del pending.first[0], pending.last[0]
+        if not pending.gaps:
             del self._pending_gaps[gap.stream]
         return gap
 
@@ -170,7 +191,7 @@ class Channel(Generic[T]):
     def _drop_oldest_frame(self, stream: object) -> bool:
         """Drop the oldest frame of ``stream`` (newest wins per stream), else the oldest."""
         oldest: int | None = None
-        for position, item in enumerate(self._buffer):
+        for position, (_, _, item) in enumerate(self._buffer):
             if isinstance(item, Frame):
                 if item.stream == stream:
                     oldest = position
@@ -179,12 +200,14 @@ class Channel(Generic[T]):
                     oldest = position
         if oldest is None:
             return False
-        frame = self._buffer[oldest]
+        seq, previous, frame = self._buffer[oldest]
         del self._buffer[oldest]
         assert isinstance(frame, Frame)
         self._unqueue(frame.stream)
-        self.stats.dropped += 1
-        self._record_gap(frame)
+        stats = self.stats
+        stats.dropped += 1
+        stats.dropped_by_stream[frame.stream] = stats.dropped_by_stream.get(frame.stream, 0) + 1
+        self._record_gap(seq, previous, frame)
         return True
 
     def _unqueue(self, stream: str) -> None:
@@ -194,13 +217,22 @@ class Channel(Generic[T]):
         else:
             del self._queued[stream]
 
-    def _record_gap(self, frame: Frame) -> None:
-        gaps = self._pending_gaps.setdefault(frame.stream, [])
-        if gaps and gaps[-1].index + gaps[-1].count == frame.index:
+    def _record_gap(self, seq: int, previous: int, frame: Frame) -> None:
+        """Note a dropped frame: it extends the stream's last pending gap when it is the
+        very next item of that stream (``previous`` is that gap's last frame) and the next
+        index, otherwise it opens a new gap."""
+        pending = self._pending_gaps.get(frame.stream)
+        if pending is None:
+            pending = self._pending_gaps[frame.stream] = _Pending()
+        gaps = pending.gaps
+        if gaps and pending.last[-1] == previous and gaps[-1].index + gaps[-1].count == frame.index:
             last = gaps[-1]
             gaps[-1] = Gap(last.stream, last.index, last.count + 1, last.pts, last.reason)
+            pending.last[-1] = seq
         else:
             gaps.append(Gap(frame.stream, frame.index, 1, frame.pts, f"overflow:{self.name}"))
+            pending.first.append(seq)
+            pending.last.append(seq)
 
     def _update_depth(self) -> None:
         depth = len(self._buffer)

@@ -126,7 +126,7 @@ class Output:
         if self.kind == "segment":
             record["t0"] = None if self.t0 is None else _finite(self.t0)
             record["t1"] = None if self.t1 is None else _finite(self.t1)
-        record.update(self.extra)
+        record.update({str(k): _json_safe(v) for k, v in self.extra.items()})
         return record
 
 
@@ -134,3 +134,21 @@ def _finite(value: float) -> float | None:
     """JSON has no NaN/Infinity: write them as null rather than invalid JSON."""
     number = float(value)
     return number if math.isfinite(number) else None
+
+
+def _json_safe(value: Any) -> Any:
+    """An ``extra`` value with every float (Python or numpy, nested in lists and dicts)
+    made finite-or-null, numpy integers and bools made Python ones."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, float | np.floating):
+        return _finite(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

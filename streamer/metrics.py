@@ -1,4 +1,13 @@
-"""Run metrics, attached to the pipeline as an observer: latency, fps, drops, queue depth."""
+"""Run metrics, attached to the pipeline as an observer: latency, fps, drops, queue depth.
+
+The counts add up: ``dropped`` is every frame the pipeline itself discarded, the frames a
+``latest`` edge displaced (per edge in ``edges``) plus the frames a stage dropped as
+invalid (NaN/Inf, reported as ``invalid``); per stream, ``dropped`` is that stream's share
+(the streams' ``dropped`` sum to the total) and ``frames_missing`` counts the frames of
+every gap marker that reached the sinks' side: the dropped frames, once their markers are
+through, plus what the source itself lost, so it is never less than ``dropped`` on a run
+that finished. For a stage with one output per frame, ``frames_in = outputs + dropped``.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ class StreamCounts:
     outputs: int = 0
     gaps: int = 0
     frames_missing: int = 0
+    invalid: int = 0  # frames a stage dropped as invalid (Gap reason "invalid")
 
 
 @dataclass
@@ -83,6 +93,8 @@ class Metrics:
             counts = self._stream(item.stream)
             counts.gaps += 1
             counts.frames_missing += item.count
+            if item.reason == "invalid":
+                counts.invalid += item.count
 
     def summary(self) -> dict[str, Any]:
         """The end-of-run figures as plain JSON-able values."""
@@ -97,13 +109,21 @@ class Metrics:
             }
             for c in self.channels
         }
+        overflow: dict[str, int] = {}  # frames displaced by latest edges, per stream
+        for channel in self.channels:
+            for stream, count in channel.stats.dropped_by_stream.items():
+                overflow[stream] = overflow.get(stream, 0) + count
+        for stream in overflow:
+            self._stream(stream)
+        invalid = sum(c.invalid for c in self.streams.values())
         return {
             "mode": self.mode,
             "stopped": self.stop_reason,
             "elapsed_s": elapsed,
             "frames_in": self.frames_in,
             "outputs": self.outputs,
-            "dropped": sum(c.stats.dropped for c in self.channels),
+            "dropped": sum(c.stats.dropped for c in self.channels) + invalid,
+            "invalid": invalid,
             "fps_in": _rate(self.frames_in, self.first_input, self.last_input),
             "fps_out": _rate(self.outputs, self.first_output, self.last_output),
             "latency_ms": _percentiles(self.latencies_ms),
@@ -112,6 +132,8 @@ class Metrics:
                 name: {
                     "frames_in": c.frames_in,
                     "outputs": c.outputs,
+                    "dropped": overflow.get(name, 0) + c.invalid,
+                    "invalid": c.invalid,
                     "gaps": c.gaps,
                     "frames_missing": c.frames_missing,
                 }
@@ -148,7 +170,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"mode {summary['mode']}, stopped: {summary['stopped']}, "
         f"elapsed {summary['elapsed_s']:.3f} s",
         f"frames in {summary['frames_in']}, outputs {summary['outputs']}, "
-        f"dropped {summary['dropped']}",
+        f"dropped {summary['dropped']}"
+        + (f" ({summary['invalid']} invalid)" if summary.get("invalid") else ""),
     ]
     fps_in, fps_out = summary["fps_in"], summary["fps_out"]
     if fps_in is not None or fps_out is not None:

@@ -83,6 +83,61 @@ async def test_latest_never_drops_markers_and_newest_wins_per_stream() -> None:
     assert [(type(i).__name__, i.stream) for i in rest] == [("Frame", "b"), ("StreamEnd", "a")]
 
 
+def kinds(items: list[object]) -> list[tuple[str, str, int]]:
+    """(type, stream, index or frames) of each item, for compact assertions."""
+    return [
+        (type(i).__name__, i.stream, i.frames if isinstance(i, StreamEnd) else i.index)  # type: ignore[attr-defined]
+        for i in items
+        if not isinstance(i, StreamStart)
+    ]
+
+
+async def test_latest_hands_out_a_gap_before_its_streams_end_never_after() -> None:
+    # a gap recorded after the stream's end was queued: it comes out before the end
+    channel: Channel[object] = Channel("edge", 2, "latest")
+    await channel.send(frame("a", 5))
+    await channel.send(StreamEnd("a", 6))
+    await channel.send(frame("b", 0))  # full: displaces a:5, which sits before a's end
+    channel.close()
+    assert kinds(await drain(channel)) == [
+        ("Gap", "a", 5),
+        ("StreamEnd", "a", 6),
+        ("Frame", "b", 0),
+    ]
+    # a stream id that starts again after its end: the new run's gap stays in the new run
+    channel = Channel("edge", 3, "latest")
+    await channel.send(StreamEnd("a", 0))
+    await channel.send(StreamStart("a", "audio", 400.0))
+    await channel.send(frame("a", 0))
+    await channel.send(frame("a", 1))  # replaces a:0 while the earlier end still waits
+    channel.close()
+    assert kinds(await drain(channel)) == [
+        ("StreamEnd", "a", 0),
+        ("Gap", "a", 0),
+        ("Frame", "a", 1),
+    ]
+    # gaps still pending at the close, with other streams' items buffered: a stream with
+    # no later item gets its gap at the close, after everything else
+    channel = Channel("edge", 2, "latest")
+    await channel.send(frame("a", 0))
+    await channel.send(frame("b", 0))
+    await channel.send(frame("c", 0))  # displaces a:0
+    await channel.send(frame("d", 0))  # displaces b:0
+    taken = channel.take_ready()
+    await channel.send(StreamEnd("c", 1))
+    await channel.send(frame("e", 0))
+    channel.close()
+    items = [*taken, *await drain(channel)]
+    assert kinds(items) == [
+        ("Frame", "c", 0),
+        ("Frame", "d", 0),
+        ("StreamEnd", "c", 1),
+        ("Frame", "e", 0),
+        ("Gap", "a", 0),
+        ("Gap", "b", 0),
+    ]
+
+
 async def test_send_after_close_is_an_error() -> None:
     channel: Channel[object] = Channel("edge", 1)
     channel.close()
@@ -106,42 +161,80 @@ def test_bad_arguments_are_refused() -> None:
         Channel("edge", 1, "newest")  # type: ignore[arg-type]
 
 
-@settings(max_examples=200, deadline=None)
+Op = tuple[str, str]  # (action, stream)
+ACTIONS = ["frame", "frame", "receive", "gap", "restart"]  # frames twice as likely
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     capacity=st.integers(1, 4),
-    script=st.lists(st.tuples(st.sampled_from("ab"), st.booleans()), min_size=1, max_size=60),
+    script=st.lists(
+        st.tuples(st.sampled_from(ACTIONS), st.sampled_from("ab")),
+        min_size=1,
+        max_size=60,
+    ),
+    ends=st.booleans(),
 )
-def test_latest_accounts_for_every_frame(
-    capacity: int, script: list[tuple[str, bool]]
-) -> None:
-    """Whatever the interleaving, per stream: frames arrive in order, and the frames plus
-    the gaps cover every index sent exactly once."""
+def test_latest_accounts_for_every_frame(capacity: int, script: list[Op], ends: bool) -> None:
+    """Whatever the interleaving, per stream and per run of the stream (StreamStart ..
+    StreamEnd; a stream id may start again after its end): frames and source gaps arrive
+    in order, frames plus gaps cover every index sent exactly once, and no overflow gap of
+    a run is handed out after that run's StreamEnd (nor before it, into the next run)."""
 
-    async def scenario() -> dict[str, list[tuple[int, int]]]:
+    async def scenario() -> None:
         channel: Channel[object] = Channel("edge", capacity, "latest")
-        sent = {"a": 0, "b": 0}
-        seen: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+        sent: dict[str, list[int]] = {"a": [0], "b": [0]}  # frames per run, per stream
+        seen: dict[str, list[list[tuple[int, int]]]] = {"a": [[]], "b": [[]]}
+        ended: dict[str, list[int]] = {"a": [], "b": []}  # StreamEnd.frames, per run
 
         def note(item: object) -> None:
-            if isinstance(item, Frame):
-                seen[item.stream].append((item.index, 1))
+            if isinstance(item, StreamEnd):
+                ended[item.stream].append(item.frames)
+                seen[item.stream].append([])
+            elif isinstance(item, Frame):
+                seen[item.stream][-1].append((item.index, 1))
             elif isinstance(item, Gap):
-                seen[item.stream].append((item.index, item.count))
+                seen[item.stream][-1].append((item.index, item.count))
 
-        for stream, receive in script:
-            await channel.send(frame(stream, sent[stream]))
-            sent[stream] += 1
-            if receive:
+        async def send(item: object) -> None:
+            # a marker waits for room, and so does a frame when only markers are queued
+            sending = asyncio.ensure_future(channel.send(item))
+            await asyncio.sleep(0)
+            while not sending.done():
                 note(await channel.receive())
-        rest = asyncio.ensure_future(drain(channel))  # a marker waits for room
+                await asyncio.sleep(0)
+            await sending
+
         for stream in "ab":
-            await channel.send(StreamEnd(stream, sent[stream]))
+            await send(StreamStart(stream, "audio", 400.0))
+        for action, stream in script:
+            index = sent[stream][-1]
+            if action == "frame":
+                await send(frame(stream, index))
+                sent[stream][-1] += 1
+            elif action == "gap":
+                await send(Gap(stream, index, 2, index * 0.01, "source"))
+                sent[stream][-1] += 2
+            elif action == "restart":
+                await send(StreamEnd(stream, index))
+                await send(StreamStart(stream, "audio", 400.0))
+                sent[stream].append(0)
+            else:
+                for item in channel.take_ready(1):
+                    note(item)
+        rest = asyncio.ensure_future(drain(channel))
+        if ends:
+            for stream in "ab":
+                await channel.send(StreamEnd(stream, sent[stream][-1]))
         channel.close()
         for item in await asyncio.wait_for(rest, 5):
             note(item)
         for stream in "ab":
-            covered = [i for start, count in seen[stream] for i in range(start, start + count)]
-            assert covered == list(range(sent[stream])), (stream, seen[stream])
-        return seen
+            runs = seen[stream] if not ends else seen[stream][:-1]
+            assert not ends or seen[stream][-1] == [], (stream, "after the last end", seen[stream])
+            assert ended[stream] == (sent[stream] if ends else sent[stream][:-1]), stream
+            for n, (run, count) in enumerate(zip(runs, sent[stream], strict=True)):
+                covered = [i for start, length in run for i in range(start, start + length)]
+                assert covered == list(range(count)), (stream, n, seen[stream])
 
     asyncio.run(scenario())

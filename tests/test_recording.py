@@ -128,6 +128,97 @@ async def test_video_round_trip_is_bit_identical(tmp_path: Path) -> None:
     assert_same_frames(frames_of(got), frames_of(items))
 
 
+def typed_items(dtype: str, stream: str = "s", frames: int = 5) -> list[Item]:
+    """StreamStart, ``frames`` frames of ``dtype`` covering its whole range (audio:
+    ``[chunk, 2]`` with a short last chunk; ``uint8``: ``[6, 8, 3]`` video), StreamEnd."""
+    rng = np.random.default_rng(7)
+    video = dtype == "uint8"
+    rate = 10.0 if video else 8000.0
+    items: list[Item] = [StreamStart(stream, "video" if video else "audio", rate)]
+    start = 0
+    for i in range(frames):
+        data: np.ndarray[Any, Any]
+        if video:
+            data = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+            pts = i / rate
+        else:
+            length = 64 if i < frames - 1 else 21
+            kind = np.dtype(dtype)
+            if kind.kind == "i":
+                info = np.iinfo(kind)
+                data = rng.integers(info.min, info.max, (length, 2), endpoint=True).astype(kind)
+                data[0] = [info.min, info.max]  # the extremes survive too
+            else:
+                # values float32 cannot hold: a float32 detour would change them
+                data = (rng.uniform(-1, 1, (length, 2)) + 1e-12).astype(kind)
+            pts = start / rate
+            start += length
+        items.append(Frame(stream, i, pts, 50.0 + pts, data, rate))
+    items.append(StreamEnd(stream, frames))
+    return items
+
+
+DTYPES = ["int16", "float64", "uint8"]  # uint8: video
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+async def test_writer_round_trip_keeps_the_dtype(tmp_path: Path, dtype: str) -> None:
+    items = typed_items(dtype)
+    path = write(tmp_path / "rec", items)
+    (stream,) = read_recording(path).streams
+    assert stream.dtype == np.dtype(dtype)
+    got = await collect(replay(path))
+    assert_same_frames(frames_of(got), frames_of(items))  # same dtype, bit-identical
+    assert got[-1] == StreamEnd("s", 5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+async def test_recorder_round_trip_keeps_the_dtype(tmp_path: Path, dtype: str) -> None:
+    items = typed_items(dtype)
+    summary = await record(scripted(items), tmp_path / "out", clock=VirtualClock())
+    assert summary.frames == {"s": 5}
+    got = await collect(replay(tmp_path / "out"))
+    assert_same_frames(frames_of(got), frames_of(items))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_streamer_record_round_trip_keeps_the_dtype(tmp_path: Path, dtype: str) -> None:
+    """``streamer record recording:IN OUT`` copies int16/float64/uint8 frames as they are."""
+    from streamer.cli import main
+
+    items = typed_items(dtype)
+    original = write(tmp_path / "in", items)
+    assert main(["record", f"recording:{original}", str(tmp_path / "copy")]) == 0
+    (stream,) = read_recording(tmp_path / "copy").streams
+    assert stream.dtype == np.dtype(dtype)
+    got = asyncio.run(collect(replay(tmp_path / "copy")))
+    assert_same_frames(frames_of(got), frames_of(items))
+
+
+async def test_big_endian_frames_replay_as_native_values(tmp_path: Path) -> None:
+    items = [
+        Frame(i.stream, i.index, i.pts, i.captured, i.data.astype(">i2"), i.rate)
+        if isinstance(i, Frame)
+        else i
+        for i in typed_items("int16")
+    ]
+    path = write(tmp_path / "rec", items)
+    got = frames_of(await collect(replay(path)))
+    for g, w in zip(got, frames_of(items), strict=True):
+        assert g.data.dtype == np.dtype("int16")  # stored little-endian, read native
+        assert np.array_equal(g.data, w.data)
+
+
+async def test_mono_mixes_integer_audio_in_its_own_dtype(tmp_path: Path) -> None:
+    items = typed_items("int16")
+    path = write(tmp_path / "rec", items)
+    got = frames_of(await collect(replay(path, mono=True)))
+    for g, w in zip(got, frames_of(items), strict=True):
+        assert g.data.dtype == np.int16 and g.data.shape == (len(w.data), 1)
+        want = np.rint(w.data.astype(np.float64).mean(axis=1, keepdims=True))
+        assert np.array_equal(g.data, want.astype(np.int16))
+
+
 def test_reader_exposes_memory_mapped_arrays(tmp_path: Path) -> None:
     items = audio_items()
     path = write(tmp_path / "rec", items, source="mic:default")

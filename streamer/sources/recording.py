@@ -8,7 +8,9 @@ them) and ``StreamEnd``. Streams interleave in the order their frames were captu
 each frame's ``captured`` is the replay clock's time at delivery.
 
 Options: ``pace``, ``speed`` and ``loop`` apply; ``stream`` renames the stream of a
-one-stream recording; ``mono`` averages the channels of multi-channel float audio.
+one-stream recording; ``mono`` averages the channels of multi-channel audio (integer
+samples are rounded back to the recorded dtype). Data keeps the recorded dtype (int16,
+float64, ... audio replays as it was written, not as float32).
 ``rate``, ``chunk`` and ``size`` are ignored: a recording is replayed as it was recorded
 (resample or resize it with a stage, or record it again with the settings you need).
 """
@@ -104,7 +106,10 @@ class RecordingSource(GeneratorSource):
         index_span = [_index_span(s) for s in streams]
         pts_span = [_pts_span(s) for s in streams]
         for n, stream in enumerate(streams):
-            yield StreamStart(ids[n], stream.media, stream.rate, dict(stream.meta))
+            meta = dict(stream.meta)
+            if self.options.loop:
+                meta["loop"] = True  # no end: the recorded "samples" end only one pass
+            yield StreamStart(ids[n], stream.media, stream.rate, meta)
         for n, stream in enumerate(streams):
             if stream.frames == 0:
                 for gap in stream.gaps:
@@ -159,8 +164,8 @@ class RecordingSource(GeneratorSource):
         while pos < len(self._order_stream) and len(block) < BLOCK_FRAMES:
             stream = streams[int(self._order_stream[pos])]
             data = np.array(stream.frame_data(int(self._order_frame[pos])), dtype=stream.dtype)
-            if self.options.mono and _multichannel_float(stream, data):
-                data = data.mean(axis=1, keepdims=True, dtype=data.dtype)
+            if self.options.mono and _multichannel(stream, data):
+                data = _mix_down(data)
             block.append(data)
             size += data.nbytes
             pos += 1
@@ -195,7 +200,20 @@ def _shift_gap(gap: Gap, stream_id: str, index_shift: int, pts_shift: float) -> 
     return Gap(stream_id, gap.index + index_shift, gap.count, gap.pts + pts_shift, gap.reason)
 
 
-def _multichannel_float(stream: RecordedStream, data: npt.NDArray[Any]) -> bool:
+def _multichannel(stream: RecordedStream, data: npt.NDArray[Any]) -> bool:
     return (
-        stream.media == "audio" and data.ndim == 2 and data.shape[1] > 1 and data.dtype.kind == "f"
+        stream.media == "audio"
+        and data.ndim == 2
+        and data.shape[1] > 1
+        and data.dtype.kind in "iuf"
     )
+
+
+def _mix_down(data: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``[samples, channels]`` -> ``[samples, 1]`` in the same dtype (integers rounded)."""
+    mixed: npt.NDArray[Any]
+    if data.dtype.kind == "f":
+        mixed = data.mean(axis=1, keepdims=True, dtype=data.dtype)
+        return mixed
+    mixed = np.rint(data.mean(axis=1, keepdims=True, dtype=np.float64)).astype(data.dtype)
+    return mixed

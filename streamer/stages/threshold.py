@@ -2,18 +2,28 @@
 
 It makes a pipeline produce labels before a real model is configured, and it is the
 reference stage in the runtime's tests. ``kind=None`` picks per stream: ``energy`` for
-audio, ``brightness`` for video.
+audio, ``brightness`` for video. Integer audio (int16, uint8, ...) is measured against its
+own full scale, so a recording replayed as int16 gets the same dBFS as its float32 twin.
+
+A frame whose measure is not finite (NaN or Inf samples, or values too large to square)
+gives no output: with ``on_invalid="drop"`` (the default, as in the model stage) it is
+dropped as a ``Gap(reason="invalid")`` with a warning, so no sink ever sees a NaN; with
+``"error"`` the run stops with an ``InputError`` naming the stage, stream and frame.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
 import numpy as np
 
 from streamer.channels import Channel
-from streamer.frames import Frame, Media, Output, StreamStart
+from streamer.errors import InputError
+from streamer.frames import Frame, Gap, Media, Output, StreamEnd, StreamStart
+
+log = logging.getLogger(__name__)
 
 ThresholdKind = Literal["energy", "brightness"]
 
@@ -26,12 +36,31 @@ KIND_FOR_MEDIA: dict[Media, ThresholdKind] = {"audio": "energy", "video": "brigh
 
 
 def measure(kind: ThresholdKind, data: np.ndarray[Any, Any]) -> float:
-    """Energy in dBFS of ``data [samples, channels]`` or mean luma of ``data [H, W, 3]``."""
+    """Energy in dBFS of ``data [samples, channels]`` or mean luma of ``data [H, W, 3]``.
+
+    Not finite when ``data`` holds NaN or Inf (or squares past float64's range)."""
     if kind == "energy":
-        rms = float(np.sqrt(np.mean(np.square(data, dtype=np.float64))))
+        samples = _full_scale(np.asarray(data))
+        if not samples.size:
+            return 20.0 * math.log10(1e-10)  # an empty chunk is silence
+        with np.errstate(over="ignore", invalid="ignore"):
+            rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+        if not math.isfinite(rms):
+            return rms
         return 20.0 * math.log10(max(rms, 1e-10))
     b, g, r = (data[..., c].mean(dtype=np.float64) for c in range(3))
     return float(0.114 * b + 0.587 * g + 0.299 * r) / 255.0
+
+
+def _full_scale(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Integer samples as fractions of their dtype's full scale (unsigned ones centred);
+    float samples as they are."""
+    if data.dtype.kind == "i":
+        return data / float(2 ** (8 * data.dtype.itemsize - 1))
+    if data.dtype.kind == "u":
+        half = float(2 ** (8 * data.dtype.itemsize - 1))
+        return (data - half) / half
+    return data
 
 
 class ThresholdStage:
@@ -43,29 +72,38 @@ class ThresholdStage:
         kind: ThresholdKind | None = None,
         threshold: float | None = None,
         labels: tuple[str, str] | None = None,
+        on_invalid: Literal["drop", "error"] = "drop",
     ) -> None:
         self.name = name
         self.kind = kind
         self.threshold = threshold
         self.labels = labels
+        self.on_invalid = on_invalid
         self._kinds: dict[str, ThresholdKind] = {}
+        self._invalid_run: set[str] = set()  # streams whose last frame was invalid
 
     async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
         async for item in inbox:
             if isinstance(item, Frame):
-                await outbox.send(self.label(item))
+                output = self.label(item)
+                await outbox.send(output if output is not None else self._invalid(item))
                 continue
             if isinstance(item, StreamStart):
                 self._kinds[item.stream] = self.kind or KIND_FOR_MEDIA[item.media]
+            elif isinstance(item, StreamEnd):
+                self._invalid_run.discard(item.stream)
             await outbox.send(item)
 
-    def label(self, frame: Frame) -> Output:
-        """The output for one frame."""
+    def label(self, frame: Frame) -> Output | None:
+        """The output for one frame; None when its measure is not finite."""
         kind = self._kinds.get(frame.stream) or self.kind or KIND_FOR_MEDIA[frame.media]
         default_threshold, softness, default_labels = DEFAULTS[kind]
         threshold = default_threshold if self.threshold is None else self.threshold
         below, above = self.labels or default_labels
         value = measure(kind, frame.data)
+        if not math.isfinite(value):
+            return None
+        self._invalid_run.discard(frame.stream)
         z = max(-60.0, min(60.0, (value - threshold) / softness))
         p_above = 1.0 / (1.0 + math.exp(-z))
         return Output(
@@ -79,3 +117,19 @@ class ThresholdStage:
             captured=frame.captured,
             extra={kind: value},
         )
+
+    def _invalid(self, frame: Frame) -> Gap:
+        """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``). One warning
+        per run of invalid frames of a stream, not one per frame."""
+        if self.on_invalid == "error":
+            # the pipeline's StageError adds "stage 'NAME': " in front
+            raise InputError(f"stream '{frame.stream}' frame {frame.index} holds NaN or Inf")
+        if frame.stream not in self._invalid_run:
+            self._invalid_run.add(frame.stream)
+            log.warning(
+                "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
+                self.name,
+                frame.stream,
+                frame.index,
+            )
+        return Gap(frame.stream, frame.index, 1, frame.pts, "invalid")
