@@ -18,6 +18,7 @@ from streamer.config import (
     ConsoleSinkConfig,
     JsonlSinkConfig,
     PipelineConfig,
+    SourceConfig,
     with_overrides,
 )
 from streamer.errors import InputError
@@ -36,7 +37,7 @@ from streamer.stages.model import ModelSettings, ModelStage, dry_check
 class Overrides:
     """Command-line settings that replace the pipeline file's."""
 
-    source: str | None = None
+    sources: tuple[str, ...] = ()
     mode: str | None = None
     out: str | None = None
     duration: float | None = None
@@ -49,18 +50,41 @@ class Overrides:
 
 def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineConfig:
     """A copy of ``config`` with the command line's settings applied, validated like the
-    file (a bad value is an InputError naming the flag)."""
+    file (a bad value is an InputError naming the flag).
+
+    ``--source`` given once replaces the source's URI; given several times (or with
+    ``--sources FILE``) it makes one source per URI, each with the options of the file's
+    first source (its ``stream`` id aside).
+    """
     changes: dict[tuple[str, str], Any] = {}
-    for (section, key), value in (
-        (("source", "uri"), overrides.source),
-        (("run", "mode"), overrides.mode),
-        (("run", "duration"), overrides.duration),
-        (("run", "max_frames"), overrides.max_frames),
-        (("source", "pace"), overrides.pace),
-        (("source", "speed"), overrides.speed),
+    flags: dict[tuple[str, ...], str] = {}
+    for (section, key), flag, value in (
+        (("run", "mode"), "--mode", overrides.mode),
+        (("run", "duration"), "--duration", overrides.duration),
+        (("run", "max_frames"), "--max-frames", overrides.max_frames),
     ):
         if value is not None:
             changes[(section, key)] = value
+            flags[(section, key)] = flag
+    tables = [src.model_dump(exclude_unset=True) for src in config.all_sources]
+    if overrides.sources:
+        template = {k: v for k, v in tables[0].items() if k not in ("uri", "stream")}
+        keep_stream = len(overrides.sources) == 1 and "stream" in tables[0]
+        tables = [
+            {**template, "uri": uri, **({"stream": tables[0]["stream"]} if keep_stream else {})}
+            for uri in overrides.sources
+        ]
+        flags[("source", "uri")] = flags[("sources", "*", "uri")] = "--source"
+    per_source = (("pace", "--pace", overrides.pace), ("speed", "--speed", overrides.speed))
+    for key, flag, value in per_source:
+        if value is not None:
+            for table in tables:
+                table[key] = value
+            flags[("source", key)] = flags[("sources", "*", key)] = flag
+    if len(tables) == 1 and (config.source is not None or overrides.sources):
+        changes[("source", "")], changes[("sources", "")] = tables[0], []
+    else:
+        changes[("source", "")], changes[("sources", "")] = None, tables
     sinks = [
         s.model_dump(exclude_unset=True)
         for s in config.sinks
@@ -75,7 +99,7 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
     changes[("sinks", "")] = sinks
-    return with_overrides(config, changes, overrides.origin)
+    return with_overrides(config, changes, overrides.origin, flags)
 
 
 def output_paths(config: PipelineConfig, overrides: Overrides) -> list[tuple[str, Path]]:
@@ -92,7 +116,7 @@ def output_paths(config: PipelineConfig, overrides: Overrides) -> list[tuple[str
 
 def input_paths(config: PipelineConfig, pipeline_file: str | None) -> list[tuple[str, Path]]:
     """Every file the run reads: source, model, weights, factory module, pipeline file."""
-    named = source_inputs(config.source.uri)
+    named = [item for src in config.all_sources for item in source_inputs(src.uri)]
     if config.model.path is not None:
         named.append(("the model file", Path(config.model.path)))
     named += factory_input(config.model.factory)
@@ -101,12 +125,9 @@ def input_paths(config: PipelineConfig, pipeline_file: str | None) -> list[tuple
     return named
 
 
-def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeline:
-    """Open the source, make the stages and sinks; raises InputError on bad input."""
-    clock = clock or RealClock()
-    mode = config.run.mode
-    src = config.source
-    options = SourceOptions(
+def source_options(src: SourceConfig, mode: str, retry: bool = False) -> SourceOptions:
+    """The options a source gets from its ``[source]`` table and the run's mode."""
+    return SourceOptions(
         rate=src.rate,
         chunk=src.chunk,
         size=src.size,
@@ -115,10 +136,60 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         speed=src.speed,
         loop=src.loop,
         stream=src.stream,
+        timeout=src.timeout,
+        latency=src.latency,
+        overflow="latest" if mode == "realtime" else "drop-oldest",
+        retry=retry,
     )
-    source = open_source(src.uri, options, clock)
-    _check_bounded(config, source)
-    stage = _model_stage(config, source, clock)
+
+
+def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
+    """Open every source (checking each before the run) and refuse duplicate stream ids.
+
+    With several sources, a live one that cannot connect yet keeps retrying with back-off
+    instead of failing the run, unless ``[run] fail_fast``.
+    """
+    tables = config.all_sources
+    several = len(tables) > 1
+    sources: list[Source] = []
+    owners: dict[str, int] = {}
+    for number, src in enumerate(tables):
+        options = source_options(src, config.run.mode, several and not config.run.fail_fast)
+        try:
+            source = open_source(src.uri, options, clock)
+        except InputError as exc:
+            if several:
+                raise InputError(f"{config.source_name(number)}: {exc}") from exc
+            raise
+        _check_bounded(config, source, src.uri)
+        for stream in stream_ids(source):
+            if stream in owners:
+                raise InputError(
+                    f"{config.source_name(number)}: stream id '{stream}' is also the stream"
+                    f" of {config.source_name(owners[stream])}; give each source its own"
+                    ' stream = "..."'
+                )
+            owners[stream] = number
+        sources.append(source)
+    return sources
+
+
+def stream_ids(source: Source) -> list[str]:
+    """The ids of the streams a source will deliver (known before the run)."""
+    recording = getattr(source, "recording", None)
+    ids = getattr(source, "_ids", None)
+    if recording is not None and isinstance(ids, list):
+        return [str(i) for i in ids]
+    stream = getattr(source, "stream", None)
+    return [str(stream)] if stream is not None else []
+
+
+def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeline:
+    """Open the sources, make the stages and sinks; raises InputError on bad input."""
+    clock = clock or RealClock()
+    mode = config.run.mode
+    sources = open_sources(config, clock)
+    stage = _model_stage(config, sources, clock)
     stages: list[Stage] = [stage]
     metrics = Metrics(clock, mode=mode)
     if isinstance(stage, ModelStage):
@@ -128,12 +199,14 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         if isinstance(sink_config, ConsoleSinkConfig):
             console = ConsoleSink(every=sink_config.every)
             if mode == "offline":
-                console.track(metrics, getattr(source, "total_frames", None))
+                totals = [getattr(source, "total_frames", None) for source in sources]
+                known = None if None in totals else sum(t for t in totals if t is not None)
+                console.track(metrics, known)
             sinks.append(console)
         elif isinstance(sink_config, JsonlSinkConfig):
             sinks.append(JsonlSink(Path(sink_config.path)))
     return Pipeline(
-        [source],
+        sources,
         stages,
         sinks,
         mode=mode,
@@ -142,14 +215,17 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         duration=config.run.duration,
         source_capacity=config.run.queue,
         metrics=metrics,
+        fail_fast=config.run.fail_fast,
     )
 
 
-def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
+def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) -> Stage:
     model = config.model
+    source = sources[0]
     if model.is_builtin:
         kind = None if model.builtin == "auto" else model.builtin
-        _check_builtin_media(kind, source)
+        for each in sources:
+            _check_builtin_media(kind, each)
         labels = (model.labels[0], model.labels[1]) if model.labels else None
         return ThresholdStage(
             name=kind or "threshold", kind=kind, threshold=model.threshold, labels=labels
@@ -203,13 +279,19 @@ def _model_stage(config: PipelineConfig, source: Source, clock: Clock) -> Stage:
         name="model",
         source_info=source_info(source),
     )
-    frame = sample_frame(source)
-    if frame is not None:
-        dry_check(stage, frame)
+    checked: set[tuple[Any, ...]] = set()
+    for each in sources:  # each distinct frame shape once
+        frame = sample_frame(each)
+        if frame is None:
+            continue
+        key = (frame.media, np.shape(frame.data), str(np.asarray(frame.data).dtype), frame.rate)
+        if key not in checked:
+            checked.add(key)
+            dry_check(stage, frame)
     return stage
 
 
-def _check_bounded(config: PipelineConfig, source: Source) -> None:
+def _check_bounded(config: PipelineConfig, source: Source, uri: str) -> None:
     """An endless source (no known length, or looping) must be bounded in offline mode,
     which reads every stream to its end before the model runs."""
     if config.run.mode != "offline" or config.run.duration or config.run.max_frames:
@@ -217,7 +299,7 @@ def _check_bounded(config: PipelineConfig, source: Source) -> None:
     total = getattr(source, "total_frames", None)
     if total is None:
         raise InputError(
-            f"[run] mode: offline reads each stream to its end, but {config.source.uri} is"
+            f"[run] mode: offline reads each stream to its end, but {uri} is"
             " endless (live, looping or without a duration); give [run] duration or"
             " max_frames (--duration, --max-frames), or use online mode"
         )

@@ -134,7 +134,15 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a pipeline file (or a source with defaults)")
     run.add_argument("pipeline", nargs="?", help="pipeline TOML file")
-    run.add_argument("--source", help="source URI, replaces [source] uri")
+    run.add_argument(
+        "--source",
+        action="append",
+        metavar="URI",
+        help="source URI, replaces [source] uri; repeat it for several sources",
+    )
+    run.add_argument(
+        "--sources", metavar="FILE", help="a file of source URIs, one per line (# comment lines)"
+    )
     run.add_argument("--mode", choices=["realtime", "online", "offline"])
     run.add_argument("--out", help="write outputs as JSON Lines to this file")
     run.add_argument("--duration", type=float, help="stop after S seconds of media time")
@@ -183,14 +191,15 @@ def _run(args: argparse.Namespace) -> int:
     from streamer.config import load_config, parse_config
     from streamer.safety import check_outputs, check_writable
 
-    if args.pipeline is None and args.source is None:
+    uris = [*(args.source or []), *(_read_sources(args.sources) if args.sources else [])]
+    if args.pipeline is None and not uris:
         raise InputError("run: give a pipeline file or --source URI (see streamer run --help)")
     if args.pipeline is not None:
         config = load_config(args.pipeline)
     else:
-        config = parse_config({"source": {"uri": args.source}}, "--source")
+        config = parse_config({"source": {"uri": uris[0]}}, "--source")
     overrides = Overrides(
-        source=args.source,
+        sources=tuple(uris),
         mode=args.mode,
         out=args.out,
         duration=args.duration,
@@ -213,6 +222,20 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if metrics_path is not None and summary:
             metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def _read_sources(path: str) -> list[str]:
+    """``--sources FILE``: one URI per line; blank lines and ``#`` comment lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InputError(f"--sources: {path}: cannot read the list of sources ({reason})") from None
+    uris = [line.strip() for line in text.splitlines()]
+    uris = [uri for uri in uris if uri and not uri.startswith("#")]
+    if not uris:
+        raise InputError(f"--sources: {path}: lists no source URI")
+    return uris
 
 
 def _build(config: Any, pipeline_file: str | None) -> Pipeline:

@@ -66,6 +66,8 @@ class SourceConfig(_Section):
     speed: Annotated[Float, Field(ge=0.01, le=1000)] = 1.0
     loop: Bool = False
     stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
+    timeout: Annotated[Float, Field(gt=0, le=600)] = 5.0
+    latency: Literal["low", "high"] | Annotated[Float, Field(gt=0, le=10)] = "low"
 
 
 class SmoothingConfig(_Section):
@@ -279,6 +281,7 @@ class RunConfig(_Section):
     """``[run]``: mode and limits."""
 
     mode: Mode = "online"
+    fail_fast: Bool = False
     duration: Annotated[Float, Field(gt=0, le=MAX_SECONDS)] | None = None
     max_frames: Annotated[Int, Field(ge=1, le=10**12)] | None = None
     queue: Annotated[Int, Field(ge=1, le=65_536)] | None = None
@@ -298,18 +301,32 @@ SinkConfig = Annotated[ConsoleSinkConfig | JsonlSinkConfig, Field(discriminator=
 
 
 class PipelineConfig(_Section):
-    """A whole pipeline file."""
+    """A whole pipeline file: one ``[source]`` or several ``[[sources]]``."""
 
-    source: SourceConfig
+    source: SourceConfig | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, max_length=1024)
     model: ModelConfig = ModelConfig()
     run: RunConfig = RunConfig()
     sinks: list[SinkConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _one_console(self) -> PipelineConfig:
+    def _consistent(self) -> PipelineConfig:
+        if self.source is not None and self.sources:
+            raise ValueError("give either [source] or [[sources]], not both")
+        if self.source is None and not self.sources:
+            raise ValueError("missing key 'source': give [source] uri = ... (or [[sources]])")
         if sum(isinstance(s, ConsoleSinkConfig) for s in self.sinks) > 1:
             raise ValueError("at most one console sink")
         return self
+
+    @property
+    def all_sources(self) -> list[SourceConfig]:
+        """The sources, whichever way the file gave them."""
+        return [self.source] if self.source is not None else list(self.sources)
+
+    def source_name(self, number: int) -> str:
+        """How errors name source ``number`` (0-based): ``[source]`` or ``[[sources]] #2``."""
+        return "[source]" if self.source is not None else f"[[sources]] #{number + 1}"
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -338,28 +355,20 @@ def parse_config(data: dict[str, Any], origin: str = "<pipeline>") -> PipelineCo
         raise InputError(f"{origin}: {describe_error(exc)}") from None
 
 
-#: Command-line flags and the keys they set, so that their errors name the flag.
-FLAGS: dict[tuple[str, str], str] = {
-    ("source", "uri"): "--source",
-    ("source", "pace"): "--pace",
-    ("source", "speed"): "--speed",
-    ("run", "mode"): "--mode",
-    ("run", "duration"): "--duration",
-    ("run", "max_frames"): "--max-frames",
-}
-
-
 def with_overrides(
-    config: PipelineConfig, changes: dict[tuple[str, str], Any], origin: str
+    config: PipelineConfig,
+    changes: dict[tuple[str, str], Any],
+    origin: str,
+    flags: dict[tuple[str, ...], str] | None = None,
 ) -> PipelineConfig:
     """``config`` with ``changes`` (``(section, key) -> value``; key ``""`` replaces the
     whole section) applied and validated.
 
-    A bad value raises an InputError naming the command-line flag that gave it (or the
-    key and ``origin`` when no flag did).
+    ``flags`` names the command-line flag behind a key (``("run", "duration")``, or
+    ``("sources", "*", "uri")`` for every table of a list); a bad value from a flag raises
+    an InputError naming the flag, any other one names the key and ``origin``.
     """
     data: dict[str, Any] = config.model_dump(exclude_unset=True, round_trip=True)
-    data.setdefault("source", {})
     for (section, key), value in changes.items():
         if key:
             data.setdefault(section, {})[key] = value
@@ -369,10 +378,14 @@ def with_overrides(
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        loc = tuple(str(part) for part in error["loc"][:2])
-        flag = FLAGS.get((loc[0], loc[1])) if len(loc) == 2 else None
-        if flag is not None and (loc[0], loc[1]) in changes:
-            raise _flag_error(flag, error) from None
+        loc = tuple(error["loc"])
+        candidates = [loc[:2]]
+        if len(loc) >= 3 and isinstance(loc[1], int):
+            candidates.append((loc[0], "*", loc[2]))
+        for candidate in candidates:
+            flag = (flags or {}).get(tuple(str(p) for p in candidate))
+            if flag is not None:
+                raise _flag_error(flag, error) from None
         raise InputError(f"{origin}: {describe_error(exc)}") from None
 
 
@@ -450,10 +463,10 @@ def _where(loc: list[Any]) -> str:
     if not loc:
         return ""
     section, rest = loc[0], loc[1:]
-    if section == "sinks":
+    if section in ("sinks", "sources"):
         if rest and isinstance(rest[0], int):
             keys = ".".join(str(p) for p in rest[1:])
-            return f"[[sinks]] #{rest[0] + 1}" + (f" {keys}" if keys else "")
-        return "[[sinks]]"
+            return f"[[{section}]] #{rest[0] + 1}" + (f" {keys}" if keys else "")
+        return f"[[{section}]]"
     keys = ".".join(str(p) for p in rest)
     return f"[{section}]" + (f" {keys}" if keys else "")

@@ -53,6 +53,7 @@ class Pipeline:
     duration: float | None = None
     source_capacity: int | None = None
     metrics: Metrics | None = None
+    fail_fast: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -154,44 +155,64 @@ class Pipeline:
         metrics = self.metrics
         assert metrics is not None
         open_streams: dict[str, int] = {}  # stream -> frames delivered so far
-        cut: set[str] = set()  # streams ended early by the duration limit
+        # A live device's media time starts only with its first frame; one that never
+        # connects (or stays away) must not keep the run going past the duration for ever.
+        limit = None
+        if self.duration is not None and getattr(source, "live", False):
+            limit = self.duration + float(getattr(source, "timeout", 0.0))
         try:
-            async for item in source:
-                if item.stream in cut:
-                    continue
-                if isinstance(item, StreamStart):
-                    open_streams[item.stream] = 0
-                elif isinstance(item, StreamEnd):
-                    open_streams.pop(item.stream, None)
-                elif isinstance(item, Frame):
-                    if self.duration is not None and item.pts >= self.duration:
-                        cut.add(item.stream)
-                        metrics.stop_reason = "duration"
-                        await self._end_streams(outbox, open_streams, "duration", [item.stream])
-                        if not open_streams:
-                            break
-                        continue
-                    if self.max_frames is not None and self._frames_in >= self.max_frames:
-                        await self._end_streams(outbox, open_streams, "max-frames")
-                        self.stop("max-frames")
-                        break
-                await outbox.send(item)
-                metrics.on_input(item)
-                if isinstance(item, Frame):
-                    self._frames_in += 1
-                    open_streams[item.stream] = item.index + 1
+            async with asyncio.timeout(limit):
+                await self._pump_items(source, outbox, open_streams)
+        except TimeoutError:
+            metrics.stop_reason = "duration"
+            await self._end_streams(outbox, open_streams, "duration")
         except asyncio.CancelledError:
             if self._stopping is not None and not self._aborted:
                 await self._end_streams(outbox, open_streams, self._stopping)
             raise
         except Exception as exc:
-            # The input ends here; what came before is still processed and written.
+            if self.fail_fast:  # one failing source ends the whole run at once
+                raise _as_stage_error(source.name, exc) from exc
+            # The input ends here; what came before is still processed and written, and
+            # the other sources go on.
             self._source_errors.append(_as_stage_error(source.name, exc))
             metrics.stop_reason = "error"
             await self._end_streams(outbox, open_streams, "error")
         finally:
             outbox.close()
             await source.aclose()
+
+    async def _pump_items(
+        self, source: Source, outbox: Channel[Any], open_streams: dict[str, int]
+    ) -> None:
+        """One source's items into the first edge, up to the duration and frame limits."""
+        metrics = self.metrics
+        assert metrics is not None
+        cut: set[str] = set()  # streams ended early by the duration limit
+        async for item in source:
+            if item.stream in cut:
+                continue
+            if isinstance(item, StreamStart):
+                open_streams[item.stream] = 0
+            elif isinstance(item, StreamEnd):
+                open_streams.pop(item.stream, None)
+            elif isinstance(item, Frame):
+                if self.duration is not None and item.pts >= self.duration:
+                    cut.add(item.stream)
+                    metrics.stop_reason = "duration"
+                    await self._end_streams(outbox, open_streams, "duration", [item.stream])
+                    if not open_streams:
+                        break
+                    continue
+                if self.max_frames is not None and self._frames_in >= self.max_frames:
+                    await self._end_streams(outbox, open_streams, "max-frames")
+                    self.stop("max-frames")
+                    break
+            await outbox.send(item)
+            metrics.on_input(item)
+            if isinstance(item, Frame):
+                self._frames_in += 1
+                open_streams[item.stream] = item.index + 1
 
     @staticmethod
     async def _end_streams(

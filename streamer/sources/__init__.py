@@ -1,8 +1,9 @@
 """Sources: where frames come from, and :func:`open_source`, which turns a URI into one.
 
 Accepted URIs: a file path (audio or video, by extension), ``file:PATH``, ``recording:PATH``
-(or a directory holding ``meta.json``), ``synthetic:KIND?key=value&...``. ``camera:``,
-``mic:`` and ``mqtt://`` are reserved for sources this version does not have yet.
+(or a directory holding ``meta.json``), ``synthetic:KIND?key=value&...``, ``camera:N`` or
+``camera:URL`` (OpenCV), ``mic:``, ``mic:INDEX`` or ``mic:NAME`` (PortAudio). ``mqtt://`` is
+reserved for a source this version does not have yet.
 
 The concrete sources are imported when a URI needs them, so importing this package stays
 cheap (no OpenCV until a video is opened).
@@ -36,7 +37,7 @@ ACCEPTED_FORMS = (
     "file:PATH, recording:PATH (or a recording directory with meta.json), "
     "synthetic:KIND?key=value (tone, noise, silence, shapes), camera:N, mic:, mqtt://host/topic"
 )
-_NOT_YET = {"camera:": "camera", "mic:": "microphone", "mqtt://": "MQTT", "mqtts://": "MQTT"}
+_NOT_YET = {"mqtt://": "MQTT", "mqtts://": "MQTT"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 
@@ -52,6 +53,18 @@ def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
         return SyntheticSource(uri, options, clock)
     if uri.startswith("recording:"):
         return _recording(Path(uri.removeprefix("recording:")), options, clock)
+    if uri.startswith("camera:"):
+        from streamer.sources.camera import CameraSource
+
+        return CameraSource(
+            uri, options, clock, timeout=options.timeout, policy=options.overflow
+        )
+    if uri.startswith("mic:"):
+        from streamer.sources.microphone import MicrophoneSource
+
+        return MicrophoneSource(
+            uri, options, clock, policy=options.overflow, latency=options.latency
+        )
     for prefix, what in _NOT_YET.items():
         if uri.startswith(prefix):
             raise InputError(f"{uri}: {what} sources are not available in this version of streamer")

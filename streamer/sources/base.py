@@ -40,6 +40,10 @@ class SourceOptions:
     ``mono``: mix audio down to one channel. ``pace``: ``realtime`` delivers frames when a
     live source would, ``fast`` as fast as they are read. ``speed``: real-time factor.
     ``loop``: restart at the end, with indices and pts continuing. ``stream``: stream id.
+    Live devices: ``timeout`` (seconds to open, and per read), ``latency`` (microphones:
+    PortAudio's ``low``/``high`` or seconds), ``overflow`` (the push buffer's policy:
+    ``latest`` in realtime mode, ``drop-oldest`` otherwise), ``retry`` (keep retrying a
+    first connection with back-off instead of failing: one of several sources).
     """
 
     rate: float | None = None
@@ -50,6 +54,10 @@ class SourceOptions:
     speed: float = 1.0
     loop: bool = False
     stream: str | None = None
+    timeout: float = 5.0
+    latency: str | float = "low"
+    overflow: Literal["latest", "drop-oldest"] = "drop-oldest"
+    retry: bool = False
 
 
 class Pacer:

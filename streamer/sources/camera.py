@@ -11,7 +11,8 @@ a second, decimating by capture time; a local device is also asked for it), ``si
 to ``(width, height)``; a local device is asked for it first), ``timeout`` (seconds for
 opening and for each read). The first connection must succeed within ``timeout`` (else an
 :class:`InputError` naming the URL and the time-out). After that, a dropped stream is
-reopened with capped exponential back-off, and when frames flow again one ``Gap`` (reason
+reopened with capped exponential back-off (so is the first connection with ``retry``, when
+the camera is one of several sources), and when frames flow again one ``Gap`` (reason
 ``reconnect``) says how long the stream was gone and how many frames that was at the
 nominal rate. Stopping releases the capture from any state: connecting, running, waiting to
 reconnect.
@@ -93,6 +94,13 @@ class CameraSource(PushSource):
     def _start_device(self) -> None:
         """Open the first connection (within ``timeout``), then start the reader thread."""
         cap = self._open()
+        if cap is None and self.options.retry and not self._stop.is_set():
+            log.warning(
+                "%s: cannot open the camera within %g s; retrying with back-off",
+                self.uri,
+                self.timeout,
+            )
+            cap = self._reconnect()
         if cap is None:
             if self._stop.is_set():
                 return

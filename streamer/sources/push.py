@@ -176,6 +176,7 @@ class PushSource(GeneratorSource):
     and ``self.period``, the media seconds one frame covers (for the pts of a gap).
     """
 
+    live = True  # a device: frames come when it makes them, not when read
     name: str
     stream: str
     media: Literal["audio", "video"]
