@@ -80,6 +80,7 @@ class Channel(Generic[T]):
         self._pending_gaps: dict[str, _Pending] = {}
         self._queued: dict[str, int] = {}  # frames waiting, per stream
         self._producers = producers
+        self._receiver_gone = False
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
         self._not_full.set()
@@ -91,6 +92,8 @@ class Channel(Generic[T]):
         channel is full of other streams' frames it displaces the oldest of them."""
         if self._producers <= 0:
             raise ChannelClosed(f"channel '{self.name}' is closed")
+        if self._receiver_gone:
+            raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
         latest = self.policy == "latest"
         if latest and isinstance(item, Frame) and self._queued.get(item.stream):
             self._drop_oldest_frame(item.stream)
@@ -100,6 +103,8 @@ class Channel(Generic[T]):
                 break
             self._not_full.clear()
             await self._not_full.wait()
+            if self._receiver_gone:
+                raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
         seq = self._seq
         self._seq = seq + 1
         previous = -1
@@ -114,6 +119,17 @@ class Channel(Generic[T]):
         self.stats.sent += 1
         self._update_depth()
         self._not_empty.set()
+
+    def close_receiver(self) -> None:
+        """The receiver has gone: senders waiting for room wake with :class:`ChannelClosed`
+        and later sends raise it, so nothing waits for ever on a reader that has left."""
+        self._receiver_gone = True
+        self._not_full.set()
+
+    @property
+    def drained(self) -> bool:
+        """Every producer has closed and everything sent has been received."""
+        return self._producers <= 0 and not self._buffer and not self._pending_gaps
 
     def close(self) -> None:
         """One producer is done; after the last one the receiver drains and stops."""

@@ -177,7 +177,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--debug", action="store_true", help="show tracebacks")
     record.set_defaults(handler=_record)
+
+    devices = commands.add_parser("devices", help="list microphones and cameras")
+    devices.add_argument("--json", action="store_true", help="print the listing as JSON")
+    devices.add_argument("--debug", action="store_true", help="show tracebacks")
+    devices.set_defaults(handler=_devices)
     return parser
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from streamer.devices import format_devices, list_devices
+
+    found = list_devices()
+    print(json.dumps(found, indent=2) if args.json else format_devices(found))
+    return EXIT_OK
 
 
 # -- run ---------------------------------------------------------------------------------

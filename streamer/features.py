@@ -148,8 +148,17 @@ def resampled_length(samples: int, rate: float, new_rate: float) -> int:
 
 
 def _as_samples(data: Any) -> Tensor:
-    """Audio ``[samples, channels]`` or ``[samples]`` (numpy or torch) -> ``[N, C]`` float."""
-    x = torch.as_tensor(np.asarray(data) if not isinstance(data, Tensor) else data)
+    """Audio ``[samples, channels]`` or ``[samples]`` (numpy or torch) -> ``[N, C]``.
+
+    Integer samples (a recording of int16 audio replays as int16) are scaled to [-1, 1]
+    by their type's full scale, so features do not depend on the storage type."""
+    array = np.asarray(data) if not isinstance(data, Tensor) else None
+    if array is not None and array.dtype.kind in "iu":
+        info = np.iinfo(array.dtype)
+        scale = float(info.max) + 1.0
+        offset = 0.0 if array.dtype.kind == "i" else scale / 2.0
+        array = (array.astype(np.float64) - offset) / (scale - offset if offset else scale)
+    x = torch.as_tensor(array if array is not None else data)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:

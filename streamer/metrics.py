@@ -1,12 +1,14 @@
 """Run metrics, attached to the pipeline as an observer: latency, fps, drops, queue depth.
 
-The counts add up: ``dropped`` is every frame the pipeline itself discarded, the frames a
-``latest`` edge displaced (per edge in ``edges``) plus the frames a stage dropped as
-invalid (NaN/Inf, reported as ``invalid``); per stream, ``dropped`` is that stream's share
-(the streams' ``dropped`` sum to the total) and ``frames_missing`` counts the frames of
-every gap marker that reached the sinks' side: the dropped frames, once their markers are
-through, plus what the source itself lost, so it is never less than ``dropped`` on a run
-that finished. For a stage with one output per frame, ``frames_in = outputs + dropped``.
+The counts add up: ``dropped`` is every frame the pipeline itself discarded: the frames a
+``latest`` edge displaced (per edge in ``edges``), the frames a stage dropped as invalid
+(NaN/Inf, reported as ``invalid``) and the frames a live source's push buffer dropped when
+the pipeline fell behind the device (``source_overflow``). Per stream, ``dropped`` is that
+stream's share (the streams' ``dropped`` sum to the total) and ``frames_missing`` counts
+the frames of every gap marker that reached the sinks' side: the dropped frames, once their
+markers are through, plus what the device itself lost (an outage, an input overflow), so
+it is never less than ``dropped`` on a run that finished. For a stage with one output per
+frame, ``frames_in = outputs + dropped``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class StreamCounts:
     gaps: int = 0
     frames_missing: int = 0
     invalid: int = 0  # frames a stage dropped as invalid (Gap reason "invalid")
+    overflowed: int = 0  # frames a live source's push buffer dropped ("source-overflow")
 
 
 @dataclass
@@ -95,6 +98,8 @@ class Metrics:
             counts.frames_missing += item.count
             if item.reason == "invalid":
                 counts.invalid += item.count
+            elif item.reason == "source-overflow":
+                counts.overflowed += item.count
 
     def summary(self) -> dict[str, Any]:
         """The end-of-run figures as plain JSON-able values."""
@@ -116,14 +121,16 @@ class Metrics:
         for stream in overflow:
             self._stream(stream)
         invalid = sum(c.invalid for c in self.streams.values())
+        overflowed = sum(c.overflowed for c in self.streams.values())
         return {
             "mode": self.mode,
             "stopped": self.stop_reason,
             "elapsed_s": elapsed,
             "frames_in": self.frames_in,
             "outputs": self.outputs,
-            "dropped": sum(c.stats.dropped for c in self.channels) + invalid,
+            "dropped": sum(c.stats.dropped for c in self.channels) + invalid + overflowed,
             "invalid": invalid,
+            "source_overflow": overflowed,
             "fps_in": _rate(self.frames_in, self.first_input, self.last_input),
             "fps_out": _rate(self.outputs, self.first_output, self.last_output),
             "latency_ms": _percentiles(self.latencies_ms),
@@ -132,8 +139,9 @@ class Metrics:
                 name: {
                     "frames_in": c.frames_in,
                     "outputs": c.outputs,
-                    "dropped": overflow.get(name, 0) + c.invalid,
+                    "dropped": overflow.get(name, 0) + c.invalid + c.overflowed,
                     "invalid": c.invalid,
+                    "source_overflow": c.overflowed,
                     "gaps": c.gaps,
                     "frames_missing": c.frames_missing,
                 }

@@ -227,9 +227,17 @@ class Pipeline:
 
     @staticmethod
     async def _run_stage(stage: Stage, inbox: Channel[Any], outbox: Channel[Any]) -> None:
+        """Run a stage; one that returns before its input ended fails the run (naming it)
+        rather than leaving its senders blocked on a full inbox for ever."""
         try:
             await stage.run(inbox, outbox)
+            if not inbox.drained:
+                raise RuntimeError(
+                    f"run() returned before its input ended ('{inbox.name}' still open); a"
+                    " stage must read its inbox to the end"
+                )
         finally:
+            inbox.close_receiver()
             outbox.close()
 
     async def _fan_out(self, inbox: Channel[Any], sink_edges: list[Channel[Output]]) -> None:

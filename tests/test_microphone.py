@@ -4,6 +4,7 @@ fed by ``paplay`` with real speech in real time."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,8 @@ def test_a_missing_portaudio_names_the_package(tmp_path: Path) -> None:
         "    MicrophoneSource('mic:', SourceOptions(), RealClock())\n"
         "except Exception as exc:\n"
         "    print(type(exc).__name__, exc)\n"
+        "from streamer.cli import main\n"
+        "print('devices exit', main(['devices']))\n"
     )
     import ctypes.util
 
@@ -170,3 +173,22 @@ def test_a_missing_portaudio_names_the_package(tmp_path: Path) -> None:
     if result.returncode != 0 and "unshare" in result.stderr:
         require(False, f"a private mount namespace ({result.stderr.strip()})")
     assert "InputError" in result.stdout and "libportaudio2" in result.stdout, result
+    # `streamer devices` still works, and says why there are no microphones
+    assert "unavailable: microphone: the PortAudio library is missing" in result.stdout
+    assert "devices exit 0" in result.stdout
+
+
+def test_devices_lists_the_virtual_microphone(
+    pulse: PulseServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.cli import main
+
+    assert main(["devices", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    names = [m["name"] for m in listing["microphones"]]
+    assert "pulse" in names and listing["microphone_error"] is None
+    assert sum(m["default"] for m in listing["microphones"]) == 1
+    assert listing["cameras"] == []  # no /dev/video* here, and no hang looking for one
+    assert main(["devices"]) == 0
+    text = capsys.readouterr().out
+    assert "pulse" in text and "cameras" in text

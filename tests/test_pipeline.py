@@ -10,7 +10,7 @@ import pytest
 
 from streamer.channels import Channel
 from streamer.clock import VirtualClock
-from streamer.errors import InputError, StageError
+from streamer.errors import ChannelClosed, InputError, StageError
 from streamer.frames import Frame, Gap, Item, Output, StreamEnd, StreamStart
 from streamer.pipeline import Pipeline
 from streamer.stages import ThresholdStage
@@ -271,3 +271,36 @@ def test_pipeline_refuses_nonsense() -> None:
         Pipeline([source], [], [], clock=clock)
     frame = Frame("s", 0, 0.0, 0.0, np.zeros((2, 2, 3), np.uint8), 1.0)
     assert frame.media == "video"
+
+
+class ForwardsOneThenReturns:
+    """A stage that forwards one item and returns, leaving its inbox unread."""
+
+    name = "one-and-done"
+
+    async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
+        async for item in inbox:
+            await outbox.send(item)
+            return
+
+
+@pytest.mark.parametrize("mode", ["online", "realtime"])
+async def test_a_stage_that_returns_early_ends_the_run_naming_it(mode: str) -> None:
+    """500 frames into a stage that reads one: the source must not block for ever on the
+    full inbox; the run fails, naming the stage."""
+    script = audio_script("s", 500)
+    with pytest.raises(StageError, match=r"one-and-done.*returned before its input ended"):
+        await asyncio.wait_for(run_scripted([script], [ForwardsOneThenReturns()], mode=mode), 30)
+
+
+async def test_a_sender_waiting_on_a_full_channel_wakes_when_the_receiver_goes() -> None:
+    channel: Channel[int] = Channel("edge", 1)
+    await channel.send(1)
+    waiting = asyncio.ensure_future(channel.send(2))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    channel.close_receiver()
+    with pytest.raises(ChannelClosed, match="receiver has gone"):
+        await asyncio.wait_for(waiting, 5)
+    with pytest.raises(ChannelClosed, match="receiver has gone"):
+        await channel.send(3)

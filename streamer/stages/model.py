@@ -343,7 +343,7 @@ class ModelStage:
         """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``)."""
         if self.settings.on_invalid == "error":
             raise InputError(
-                f"stage '{self.name}': stream '{frame.stream}' frame {frame.index} holds NaN or Inf"
+                f"stream '{frame.stream}' frame {frame.index} holds NaN or Inf"
             )
         log.warning(
             "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
