@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from media import (
+    REPO_ROOT,
     check_outputs,
     copy_recording,
     describe,
@@ -29,6 +30,8 @@ from media import (
     write_dark_bright_video,
     write_random_bytes,
 )
+
+from streamer.cli import main
 
 PREFIX = "streamer: error: "
 GOOD_SOURCE = "recordings/speech_en"
@@ -263,12 +266,35 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+#: Cases also run as real processes: there, nothing but the error line may reach stderr,
+#: not even what FFmpeg, OpenCV or libsndfile print themselves from native code.
+SUBPROCESS_CASES = ("mp4 of random bytes", "missing source file", "unknown key in [run]")
+
+
+def run_in_process(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> subprocess.CompletedProcess[str]:
+    """``streamer ARGS`` through ``streamer.cli.main`` in this process (cwd: the repo)."""
+    code = main(args)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["streamer", *args], code, captured.out, captured.err)
+
+
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_bad_input(case: Case, tmp_path: Path) -> None:
+def test_bad_input(
+    case: Case,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(REPO_ROOT)
     args = case.make(tmp_path)
     names = [name.replace("{tmp}", str(tmp_path)) for name in case.names]
-
-    result, debug = run_cli_together(args, [*args, "--debug"])
+    if any(CASES[name] is case for name in SUBPROCESS_CASES):
+        result, debug = run_cli_together(args, [*args, "--debug"])
+    else:
+        result = run_in_process(args, capsys)
+        debug = run_in_process([*args, "--debug"], capsys)
     assert result.returncode == 2, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
     line = error_line(result)
@@ -284,10 +310,20 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
 # -- failures in the middle of the input -----------------------------------------------------
 
 
-def mid_read_failure(args: list[str], out: Path, file_name: str) -> list[dict[str, object]]:
-    """Run ``args``: exit 2, one error line naming ``file_name`` and nothing else on
-    stderr, no traceback; the JSONL written before the failure is complete."""
-    result = run_cli(*args)
+def mid_read_failure(
+    args: list[str],
+    out: Path,
+    file_name: str,
+    capsys: pytest.CaptureFixture[str] | None = None,
+) -> list[dict[str, object]]:
+    """Run ``args`` (in this process when given ``capsys``, else as a real process): exit 2,
+    one error line naming ``file_name`` and nothing else on stderr, no traceback; the JSONL
+    written before the failure is complete."""
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return run_in_process(list(argv), capsys) if capsys is not None else run_cli(*argv)
+
+    result = run(*args)
     assert result.returncode == 2, describe(result)
     assert "Traceback" not in result.stderr, describe(result)
     lines = result.stderr.splitlines()
@@ -300,14 +336,16 @@ def mid_read_failure(args: list[str], out: Path, file_name: str) -> list[dict[st
     check_outputs(records)
     assert starts(records) == list(range(len(records)))
 
-    debug = run_cli(*args, "--debug")
+    debug = run(*args, "--debug")
     assert debug.returncode == 2, describe(debug)
     assert "Traceback (most recent call last)" in debug.stderr, describe(debug)
     return records
 
 
 @pytest.mark.parametrize("damage", ["cut", "corrupt"])
-def test_flac_damaged_in_the_middle(tmp_path: Path, damage: str) -> None:
+def test_flac_damaged_in_the_middle(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     # 9 s of tone and silence: the damage at the middle comes after a few blocks decoded.
     full = write_audio(tmp_path / "full.flac", tone_then_silence(6.0, 3.0))
     bad = tmp_path / f"{damage}.flac"
@@ -317,7 +355,7 @@ def test_flac_damaged_in_the_middle(tmp_path: Path, damage: str) -> None:
         write_corrupted(full, bad, start=0.5, length=4000)
     out = tmp_path / "partial.jsonl"
     records = mid_read_failure(
-        ["run", "--source", str(bad), "--out", str(out), "-q"], out, bad.name
+        ["run", "--source", str(bad), "--out", str(out), "-q"], out, bad.name, capsys
     )
     assert records, "the frames decoded before the damage were not written"
     assert records[0]["label"] == "sound"
@@ -335,9 +373,10 @@ def test_truncated_wav_writes_what_it_holds_then_fails(tmp_path: Path) -> None:
     assert records[0]["label"] == "sound"
 
 
-def test_avi_cut_in_the_middle(tmp_path: Path) -> None:
+def test_avi_cut_in_the_middle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     full = write_dark_bright_video(tmp_path / "full.avi", dark=20, bright=20)
     bad = write_cut(full, tmp_path / "cut.avi", 0.5)
     out = tmp_path / "partial.jsonl"
-    records = mid_read_failure(["run", "--source", str(bad), "--out", str(out)], out, bad.name)
+    args = ["run", "--source", str(bad), "--out", str(out)]
+    records = mid_read_failure(args, out, bad.name, capsys)
     assert 0 < len(records) < 40
