@@ -6,6 +6,7 @@ folders exist), so bad input is refused before the first frame.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from streamer.config import (
     with_overrides,
 )
 from streamer.errors import InputError
-from streamer.frames import Frame
+from streamer.frames import Frame, StreamInfo
 from streamer.metrics import Metrics
 from streamer.models import load_model
 from streamer.pipeline import Pipeline
@@ -31,6 +32,8 @@ from streamer.sinks import ConsoleSink, JsonlSink, Sink
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stages import Stage, ThresholdStage
 from streamer.stages.model import ModelSettings, ModelStage, dry_check
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -175,13 +178,8 @@ def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
 
 
 def stream_ids(source: Source) -> list[str]:
-    """The ids of the streams a source will deliver (known before the run)."""
-    recording = getattr(source, "recording", None)
-    ids = getattr(source, "_ids", None)
-    if recording is not None and isinstance(ids, list):
-        return [str(i) for i in ids]
-    stream = getattr(source, "stream", None)
-    return [str(stream)] if stream is not None else []
+    """The ids of the streams a source will deliver (declared before the run)."""
+    return [info.stream for info in source.streams]
 
 
 def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeline:
@@ -280,14 +278,22 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         source_info=source_info(source),
     )
     checked: set[tuple[Any, ...]] = set()
-    for each in sources:  # each distinct frame shape once
-        frame = sample_frame(each)
-        if frame is None:
-            continue
-        key = (frame.media, np.shape(frame.data), str(np.asarray(frame.data).dtype), frame.rate)
-        if key not in checked:
-            checked.add(key)
-            dry_check(stage, frame)
+    for each in sources:  # each distinct kind of frame once
+        for info in each.streams:
+            frame = sample_frame(info)
+            if frame is None:
+                if info.total_frames != 0:
+                    log.warning(
+                        "%s: stream '%s' declares no frame shape before the run; the model"
+                        " is checked at its first frame",
+                        each.name,
+                        info.stream,
+                    )
+                continue
+            key = (info.media, info.shape, info.dtype, info.rate)
+            if key not in checked:
+                checked.add(key)
+                dry_check(stage, frame)
     return stage
 
 
@@ -296,8 +302,7 @@ def _check_bounded(config: PipelineConfig, source: Source, uri: str) -> None:
     which reads every stream to its end before the model runs."""
     if config.run.mode != "offline" or config.run.duration or config.run.max_frames:
         return
-    total = getattr(source, "total_frames", None)
-    if total is None:
+    if any(info.total_frames is None for info in source.streams):
         raise InputError(
             f"[run] mode: offline reads each stream to its end, but {uri} is"
             " endless (live, looping or without a duration); give [run] duration or"
@@ -309,43 +314,30 @@ def _check_builtin_media(kind: str | None, source: Source) -> None:
     """``energy`` measures audio and ``brightness`` video; refuse the other media."""
     if kind is None:
         return
-    frame = sample_frame(source)
-    media = None if frame is None else frame.media
     kinds = {"audio": "energy", "video": "brightness"}
-    if media is not None and kinds[media] != kind:
-        raise InputError(
-            f"[model] builtin: '{kind}' does not measure {media}, which is what the source"
-            f" {getattr(source, 'name', '')} delivers; use builtin = '{kinds[media]}' or 'auto'"
-        )
+    for info in source.streams:
+        if kinds[info.media] != kind:
+            raise InputError(
+                f"[model] builtin: '{kind}' does not measure {info.media}, which is what the"
+                f" source {source.name} delivers; use builtin = '{kinds[info.media]}' or 'auto'"
+            )
 
 
 def source_info(source: Source) -> dict[str, Any]:
-    """What a feature front-end may need to know of the source before its first frame."""
-    info: dict[str, Any] = {}
-    for key in ("chunk", "channels", "size"):
-        value = getattr(source, key, None)
-        if value is not None:
-            info[key] = value
-    return info
+    """What a feature front-end may need to know of the source's first stream before its
+    first frame (``chunk``/``channels`` or ``size``): the model stage's fallback for a start
+    marker that carries no :class:`StreamInfo`."""
+    if not source.streams:
+        return {}
+    first = source.streams[0]
+    known = {"chunk": first.chunk, "channels": first.channels, "size": first.size}
+    return {key: value for key, value in known.items() if value is not None}
 
 
-def sample_frame(source: Source) -> Frame | None:
-    """A zero frame shaped like the source's frames, for the model's dry step."""
-    recording = getattr(source, "recording", None)
-    if recording is not None and recording.streams:
-        first = recording.streams[0]
-        shape = first.frame_shape
-        return Frame(first.id, 0, 0.0, 0.0, np.zeros(shape, dtype=first.dtype), first.rate)
-    media = getattr(source, "media", None)
-    rate = float(getattr(source, "rate", 0.0) or 1.0)
-    chunk, channels = getattr(source, "chunk", None), getattr(source, "channels", None)
-    if chunk and channels and media in (None, "audio") and not hasattr(source, "native_fps"):
-        return Frame("probe", 0, 0.0, 0.0, np.zeros((chunk, channels), np.float32), rate)
-    size = getattr(source, "size", None) or getattr(source, "native_size", None)
-    if size is None:
-        params = getattr(source, "params", None) or {}
-        size = params.get("size")
-    if size is not None:
-        width, height = int(size[0]), int(size[1])
-        return Frame("probe", 0, 0.0, 0.0, np.zeros((height, width, 3), np.uint8), rate)
-    return None
+def sample_frame(info: StreamInfo) -> Frame | None:
+    """A zero frame shaped like the stream's, for the model's dry step; None when the
+    stream does not declare its shape (a live device before it connects)."""
+    if info.shape is None:
+        return None
+    data = np.zeros(info.shape, dtype=info.dtype)
+    return Frame(info.stream, 0, 0.0, 0.0, data, info.rate or 1.0, info)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from streamer.pipeline import Pipeline
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
-LIVE_PREFIXES = ("camera:", "mic:", "mqtt://", "mqtts://")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,16 +296,22 @@ def _record(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     _check_partials(out_dir, args.clean)
     size = _parse_size(args.size) if args.size else None
-    live = args.source.startswith(LIVE_PREFIXES)
-    realtime = live or args.pace == "realtime"
-    # Otherwise a file is recorded as if captured live, on a virtual clock:
-    # captured = start + pts.
-    clock: Clock = RealClock() if realtime else VirtualClock()
     options = SourceOptions(
         rate=args.rate, chunk=args.chunk, size=size, mono=args.mono, pace="realtime"
     )
+    # A replay is recorded as if captured live, on a virtual clock (captured = start +
+    # pts) unless --pace realtime; a device (its streams say live) on the real clock.
+    realtime = args.pace == "realtime"
+    clock: Clock = RealClock() if realtime else VirtualClock()
     source = open_source(args.source, options, clock)
-    endless = getattr(source, "total_frames", 0) is None and args.source.startswith("synthetic:")
+    if not realtime and any(info.live for info in source.streams):
+        asyncio.run(source.aclose())  # nothing was started: opened again on the real clock
+        realtime = True
+        clock = RealClock()
+        source = open_source(args.source, options, clock)
+    endless = args.source.startswith("synthetic:") and any(
+        info.total_frames is None for info in source.streams
+    )
     if endless and not realtime and args.duration is None and args.max_frames is None:
         raise InputError(
             f"record: {args.source} never ends: give --duration or --max-frames, or "

@@ -3,6 +3,10 @@
 Frames and markers travel in the same channels so that order is kept: a stage sees
 ``StreamStart``, then frames (with ``Gap`` markers where frames are missing), then
 ``StreamEnd``. Everything here is immutable.
+
+A source declares each of its streams before the run as a :class:`StreamInfo` (media,
+rate, frame shape and dtype, live or replay, length); the same description travels on the
+stream's ``StreamStart`` and on each ``Frame``, so no stage has to guess from the data.
 """
 
 from __future__ import annotations
@@ -17,6 +21,58 @@ Media = Literal["audio", "video"]
 OutputKind = Literal["frame", "window", "sequence", "segment", "token"]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What a source declares about one stream, before the run.
+
+    ``stream``: the stream id. ``media``: ``audio`` or ``video``. ``rate``: samples per
+    second (audio) or frames per second (video). ``shape``/``dtype``: those of
+    ``Frame.data`` (audio ``(chunk, channels)``, video ``(H, W, 3)``); ``shape`` is None when
+    it is not known yet (a live device that only learns it on connecting: its
+    ``StreamStart`` then carries the real one). ``live``: a device (frames come when it makes
+    them) rather than a replay. ``total_frames``: the frames the stream will deliver, None
+    when unknown or endless (live, looping).
+    """
+
+    stream: str
+    media: Media
+    rate: float
+    shape: tuple[int, ...] | None
+    dtype: np.dtype[Any]
+    live: bool = False
+    total_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.media not in ("audio", "video"):
+            raise ValueError(
+                f"stream '{self.stream}': media must be audio or video, not {self.media!r}"
+            )
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+
+    @property
+    def chunk(self) -> int | None:
+        """Audio samples per frame (None for video or when the shape is unknown)."""
+        if self.media != "audio" or not self.shape:
+            return None
+        return self.shape[0]
+
+    @property
+    def channels(self) -> int | None:
+        """Audio channels per sample (None for video or when the shape is unknown)."""
+        if self.media != "audio" or self.shape is None:
+            return None
+        return self.shape[1] if len(self.shape) > 1 else 1
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """Video ``(width, height)`` (None for audio or when the shape is unknown)."""
+        if self.media != "video" or self.shape is None or len(self.shape) < 2:
+            return None
+        return (self.shape[1], self.shape[0])
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Frame:
     """One chunk of a stream.
@@ -25,7 +81,8 @@ class Frame:
     [-1, 1] for audio; later stages may replace it with features (a tensor). ``pts`` is
     media time in seconds from the stream's start, ``captured`` the clock's time when the
     frame was captured (for latency), ``rate`` frames per second (video) or samples per
-    second (audio).
+    second (audio). ``info`` is the stream's :class:`StreamInfo` (one shared object per
+    stream), None for a frame made without one.
     """
 
     stream: str
@@ -34,10 +91,14 @@ class Frame:
     captured: float
     data: Any
     rate: float
+    info: StreamInfo | None = None
 
     @property
     def media(self) -> Media:
-        """``video`` for ``[H, W, C]`` uint8 data, otherwise ``audio``."""
+        """The stream's declared media; without ``info``, a guess: ``video`` for
+        ``[H, W, C]`` uint8 data, otherwise ``audio``."""
+        if self.info is not None:
+            return self.info.media
         data = self.data
         if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 3:
             return "video"
@@ -53,12 +114,31 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class StreamStart:
-    """A stream begins: a model stage gives it fresh state."""
+    """A stream begins: a model stage gives it fresh state.
+
+    ``info`` is the stream's :class:`StreamInfo` (its ``stream``, ``media`` and ``rate`` must
+    agree with the marker's); it is left out of equality, which compares what the marker
+    says (``stream``, ``media``, ``rate``, ``meta``). ``meta`` carries the rest: the real
+    sample count of a padded stream (``samples``), ``loop``, the path...
+    """
 
     stream: str
     media: Media
     rate: float
     meta: dict[str, Any] = field(default_factory=dict)
+    info: StreamInfo | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        info = self.info
+        if info is not None and (info.stream, info.media, info.rate) != (
+            self.stream,
+            self.media,
+            self.rate,
+        ):
+            raise ValueError(
+                f"StreamStart of '{self.stream}' ({self.media}, {self.rate:g}) carries the"
+                f" info of '{info.stream}' ({info.media}, {info.rate:g})"
+            )
 
 
 @dataclass(frozen=True, slots=True)

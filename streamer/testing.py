@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from streamer.clock import Clock, VirtualClock
-from streamer.frames import Frame, Gap, Item, Output, StreamEnd, StreamStart
+from streamer.frames import Frame, Gap, Item, Output, StreamEnd, StreamInfo, StreamStart
 from streamer.pipeline import Mode, Pipeline
 from streamer.sources.base import Pace, Pacer
 from streamer.stages.base import Stage
@@ -25,6 +25,11 @@ class ScriptedSource:
 
     Frames in ``items`` may carry any ``captured``; the source re-stamps them with the time
     it delivers them, as a live device would.
+
+    ``streams`` declares each stream of the script (in order of first appearance) like a
+    real source: media and rate from its ``StreamStart`` (or its first frame), shape and
+    dtype of its first frame's data, ``total_frames`` the frames scripted. A ``StreamStart``
+    or frame that carries no ``info`` is delivered with the declared one.
     """
 
     def __init__(
@@ -38,6 +43,7 @@ class ScriptedSource:
         self.name = f"source:{name}"
         self.items = list(items)
         self.total_frames: int | None = sum(isinstance(i, Frame) for i in self.items)
+        self.streams: list[StreamInfo] = declare_streams(self.items)
         self._pacer = Pacer(clock, pace, speed)
         self.closed = False
 
@@ -45,14 +51,63 @@ class ScriptedSource:
         return self._play()
 
     async def _play(self) -> AsyncIterator[Item]:
+        declared = {info.stream: info for info in self.streams}
         for item in self.items:
             if isinstance(item, Frame):
                 captured = await self._pacer.wait(item.pts)
-                item = Frame(item.stream, item.index, item.pts, captured, item.data, item.rate)
+                info = item.info or declared[item.stream]
+                item = Frame(
+                    item.stream, item.index, item.pts, captured, item.data, item.rate, info
+                )
+            elif isinstance(item, StreamStart) and item.info is None:
+                info = declared[item.stream]
+                if (info.media, info.rate) == (item.media, item.rate):
+                    item = StreamStart(item.stream, item.media, item.rate, item.meta, info)
             yield item
 
     async def aclose(self) -> None:
         self.closed = True
+
+
+def declare_streams(items: Sequence[Item]) -> list[StreamInfo]:
+    """A :class:`StreamInfo` per stream of a script, in order of first appearance (see
+    :class:`ScriptedSource`). A stream's first ``StreamStart`` with ``info`` wins."""
+    starts: dict[str, StreamStart] = {}
+    firsts: dict[str, Frame] = {}
+    counts: dict[str, int] = {}
+    order: list[str] = []
+    for item in items:
+        if item.stream not in counts:
+            order.append(item.stream)
+            counts[item.stream] = 0
+        if isinstance(item, StreamStart):
+            starts.setdefault(item.stream, item)
+        elif isinstance(item, Frame):
+            firsts.setdefault(item.stream, item)
+            counts[item.stream] += 1
+    infos: list[StreamInfo] = []
+    for stream in order:
+        start, first = starts.get(stream), firsts.get(stream)
+        if start is not None and start.info is not None:
+            infos.append(start.info)
+            continue
+        if first is not None and first.info is not None and start is None:
+            infos.append(first.info)
+            continue
+        data = None if first is None else np.asarray(first.data)
+        media = start.media if start is not None else first.media if first is not None else "audio"
+        rate = start.rate if start is not None else first.rate if first is not None else 0.0
+        infos.append(
+            StreamInfo(
+                stream,
+                media,
+                rate,
+                None if data is None else data.shape,
+                np.dtype(np.float32) if data is None else data.dtype,
+                total_frames=counts[stream],
+            )
+        )
+    return infos
 
 
 class CaptureSink:

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.frames import Frame, Item, StreamEnd, StreamStart
+from streamer.frames import Frame, Item, StreamEnd, StreamInfo, StreamStart
 from streamer.sources import check_readable_file, one_line
 from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
+from streamer.sources.chunker import Chunker
 from streamer.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class AudioFileSource(GeneratorSource):
 
     ``options.rate``: resample with a streaming ``soxr.ResampleStream`` (HQ), whose output
     over the whole file equals ``soxr.resample`` of it in one shot; resampled samples are
-    clipped to [-1, 1]. ``options.mono``: average the channels (before resampling).
+    clipped to [-1, 1]. ``options.mono``: average the channels (before resampling). Both,
+    and the cutting into chunks, are a :class:`~streamer.sources.chunker.Chunker`'s.
     ``options.loop``: the file repeats seamlessly (a chunk may straddle the seam, the
     resampler runs on across it), indices and pts keep increasing, no ``StreamEnd``;
     ``StreamStart.meta["loop"]`` is True (``samples`` then counts one pass, not the end).
@@ -57,6 +58,11 @@ class AudioFileSource(GeneratorSource):
 
     name: str
     total_frames: int | None
+
+    @property
+    def streams(self) -> list[StreamInfo]:
+        """The one stream this source delivers."""
+        return [self.info]
 
     def __init__(self, path: str | os.PathLike[str], options: SourceOptions, clock: Clock) -> None:
         self.path = Path(path)
@@ -103,11 +109,21 @@ class AudioFileSource(GeneratorSource):
         }
         if options.loop:
             self._meta["loop"] = True  # no end: every sample is real, "samples" is one pass
+        #: The stream, declared before the run (carried by its StreamStart and frames).
+        self.info = StreamInfo(
+            self.stream,
+            "audio",
+            self.rate,
+            (self.chunk, self.channels),
+            np.dtype(np.float32),
+            live=False,
+            total_frames=self.total_frames,
+        )
         self._pacer = Pacer(clock, options.pace, options.speed)
         self._worker = Worker(self.name, clock)
         self._block = max(1024, int(self.native_rate * BLOCK_SECONDS))
         self._file: sf.SoundFile | None = None
-        self._resampler: Any = None
+        self._chunker: Chunker | None = None
         self._read_in_pass = 0
 
     async def _items(self) -> AsyncGenerator[Item, None]:
@@ -115,26 +131,17 @@ class AudioFileSource(GeneratorSource):
             if self._closed:
                 return
             await self._worker.call(self._open)
-            yield StreamStart(self.stream, "audio", self.rate, dict(self._meta))
-            pending = np.zeros((0, self.channels), np.float32)  # [T, C]
+            yield StreamStart(self.stream, "audio", self.rate, dict(self._meta), self.info)
             index = 0
             while not self._closed:
                 result = await self._worker.call(self._read_block)
                 if result is None:
                     return
-                block, end = result
-                pending = np.concatenate([pending, block]) if len(pending) else block
-                full = len(pending) // self.chunk
-                for j in range(full):
-                    yield await self._frame(index, pending[j * self.chunk : (j + 1) * self.chunk])
+                chunks, end = result
+                for data in chunks:
+                    yield await self._frame(index, data)
                     index += 1
-                pending = pending[full * self.chunk :]
                 if end:
-                    if len(pending):
-                        padded = np.zeros((self.chunk, self.channels), np.float32)
-                        padded[: len(pending)] = pending
-                        yield await self._frame(index, padded)
-                        index += 1
                     if self.truncated:
                         raise InputError(
                             f"{self.path}: the WAV is truncated: its header promises more "
@@ -149,7 +156,7 @@ class AudioFileSource(GeneratorSource):
     async def _frame(self, index: int, data: np.ndarray) -> Frame:
         pts = index * self.chunk / self.rate
         captured = await self._pacer.wait(pts)
-        return Frame(self.stream, index, pts, captured, data, self.rate)
+        return Frame(self.stream, index, pts, captured, data, self.rate, self.info)
 
     # The methods below run on the worker thread.
 
@@ -158,15 +165,19 @@ class AudioFileSource(GeneratorSource):
             self._file = sf.SoundFile(str(self.path))
         except (RuntimeError, OSError, ValueError) as exc:
             raise InputError(f"{self.path}: cannot open ({one_line(str(exc))})") from exc
-        if self.resampling:
-            self._resampler = soxr.ResampleStream(
-                self.native_rate, self.rate, self.channels, dtype="float32", quality="HQ"
-            )
+        self._chunker = Chunker(
+            self.chunk,
+            self.native_channels,
+            mono=self.options.mono,
+            rate=self.native_rate,
+            out_rate=self.rate,
+        )
 
-    def _read_block(self) -> tuple[np.ndarray, bool] | None:
-        """The next block ``[T, C]`` as delivered, and whether it is the last; None if closed."""
-        file = self._file
-        if file is None:
+    def _read_block(self) -> tuple[list[np.ndarray], bool] | None:
+        """The frames ``[chunk, C]`` the next block completes (the last one zero-padded at
+        the end), and whether the file ended; None if closed."""
+        file, chunker = self._file, self._chunker
+        if file is None or chunker is None:
             return None
         position = file.tell()
         try:
@@ -182,18 +193,16 @@ class AudioFileSource(GeneratorSource):
             file.seek(0)
             self._read_in_pass = 0
             end = False
-        if self.channels != block.shape[1]:
-            block = block.mean(axis=1, keepdims=True, dtype=np.float32)
-        if self._resampler is not None:
-            block = self._resampler.resample_chunk(block, last=end)
-            np.clip(block, -1.0, 1.0, out=block)
-        return block, end
+        chunks = chunker.push(block)
+        if end:
+            chunks += chunker.finish()
+        return chunks, end
 
     def _release(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._resampler = None
+        self._chunker = None
 
 
 def _probe(path: Path) -> Any:

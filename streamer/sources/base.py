@@ -15,16 +15,24 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 from streamer.clock import Clock
-from streamer.frames import Item
+from streamer.frames import Item, StreamInfo
 
 Pace = Literal["realtime", "fast"]
 
 
 @runtime_checkable
 class Source(Protocol):
-    """An async iterator of frames and markers with a name for errors and metrics."""
+    """An async iterator of frames and markers with a name for errors and metrics.
+
+    ``streams`` declares, before the run, every stream it will deliver (the same
+    :class:`~streamer.frames.StreamInfo` travels on each stream's ``StreamStart`` and
+    frames); a live device may complete it (its frame shape) when it connects.
+    """
 
     name: str
+
+    @property
+    def streams(self) -> list[StreamInfo]: ...
 
     def __aiter__(self) -> AsyncIterator[Item]: ...
 

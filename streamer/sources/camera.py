@@ -30,7 +30,7 @@ import numpy as np
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.frames import Frame, Gap
+from streamer.frames import Frame, Gap, StreamInfo
 from streamer.sources.base import SourceOptions
 from streamer.sources.push import PushBuffer, PushPolicy, PushSource
 
@@ -84,6 +84,7 @@ class CameraSource(PushSource):
         self.size = options.size
         self.total_frames = None
         self.meta: dict[str, object] = {"uri": uri, "live": True}
+        self.info = self._describe(None)
         self.reconnects = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,11 +114,20 @@ class CameraSource(PushSource):
         if self.requested_rate is None:
             self.rate = nominal
         self.period = 1.0 / self.rate
-        self.meta.update(native_fps=nominal, native_size=_size_of(cap))
+        native_size = _size_of(cap)
+        self.meta.update(native_fps=nominal, native_size=native_size)
+        self.info = self._describe(native_size)  # before the reader makes frames with it
         with self._cap_lock:
             self._cap = cap
         self._thread = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
         self._thread.start()
+
+    def _describe(self, native_size: list[int] | None) -> StreamInfo:
+        """The stream: ``(H, W, 3)`` uint8 at ``size`` if asked for, else at the camera's own
+        size once connected (unknown before, or when the camera does not say)."""
+        width, height = self.size or native_size or (0, 0)
+        shape = (int(height), int(width), 3) if width > 0 and height > 0 else None
+        return StreamInfo(self.stream, "video", self.rate, shape, np.dtype(np.uint8), live=True)
 
     def _stop_device(self) -> None:
         self._stop.set()
@@ -169,7 +179,8 @@ class CameraSource(PushSource):
                 ok, image = cap.retrieve()
                 if not ok or image is None:
                     continue
-                frame = Frame(self.stream, index, now - t0, now, self._shape(image), self.rate)
+                data = self._shape(image)
+                frame = Frame(self.stream, index, now - t0, now, data, self.rate, self.info)
                 self.buffer.offer(frame)
                 if last is not None:
                     intervals.append(now - last)

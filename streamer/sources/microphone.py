@@ -1,12 +1,16 @@
 """Microphones through PortAudio (sounddevice): ``mic:``, ``mic:INDEX`` or ``mic:NAME``.
 
-A ``sounddevice.InputStream`` calls back on PortAudio's thread with exactly ``chunk``
-samples (``blocksize = chunk``); the callback copies them into a frame and hands it to a
+A ``sounddevice.InputStream`` calls back on PortAudio's thread, asked for ``chunk``
+samples at a time (``blocksize = chunk``); the callback hands the block to a
+:class:`~streamer.sources.chunker.Chunker`, so frames hold exactly ``chunk`` samples even
+when a host API delivers other block sizes, and each completed frame goes to a
 :class:`~streamer.sources.push.PushBuffer`, never blocking the driver. Each frame's
 ``captured`` is the ADC time of its first sample mapped onto the pipeline clock, and its
 ``pts`` the media time since the stream began. When PortAudio reports ``input_overflow``
-(samples the driver discarded), the ADC time jump says how many chunks were lost and a
-``Gap`` (reason ``input-overflow``) takes their place; the overflow is counted.
+(samples the driver discarded), the ADC time jump says how many chunks were lost (with a
+partly filled frame, which is dropped) and a ``Gap`` (reason ``input-overflow``) takes
+their place; the overflow is counted. Samples of a frame not completed when the capture
+stops are not delivered.
 
 Options: ``rate`` (Hz; default the device's), ``chunk`` (samples per frame), ``mono``
 (one channel; otherwise up to two), ``latency`` (PortAudio's ``low``/``high`` or seconds).
@@ -23,8 +27,9 @@ import numpy as np
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.frames import Frame, Gap
+from streamer.frames import Frame, Gap, StreamInfo
 from streamer.sources.base import SourceOptions
+from streamer.sources.chunker import Chunker
 from streamer.sources.push import PushBuffer, PushPolicy, PushSource
 
 log = logging.getLogger(__name__)
@@ -138,6 +143,16 @@ class MicrophoneSource(PushSource):
             "chunk": self.chunk,
             "live": True,
         }
+        #: The stream, declared before the run (carried by its StreamStart and frames).
+        self.info = StreamInfo(
+            self.stream,
+            "audio",
+            self.rate,
+            (self.chunk, self.channels),
+            np.dtype(np.float32),
+            live=True,
+        )
+        self._chunker = Chunker(self.chunk, self.channels)
         self._stream: Any = None
         self._index = 0
         self._offset = 0.0
@@ -200,16 +215,20 @@ class MicrophoneSource(PushSource):
             self._first_adc = adc
         if status.input_overflow and self._next_adc is not None:
             self.overflows += 1
-            lost = max(1, round((adc - self._next_adc) / self.period))
+            # the samples lost, plus those of a frame begun before them (dropped too)
+            missing = (adc - self._next_adc) * self.rate + self._chunker.reset()
+            lost = max(1, round(missing / self.chunk))
             pts = self._index * self.period
             self.buffer.offer(Gap(self.stream, self._index, lost, pts, "input-overflow"))
             self._index += lost
-        data = np.array(indata[:frames], dtype=np.float32, copy=True)
-        if frames < self.chunk:  # only a stream's very last block can be short
-            pad = np.zeros((self.chunk - frames, self.channels), np.float32)
-            data = np.concatenate([data, pad])
-        pts = self._index * self.period
-        captured = adc + self._offset
-        self.buffer.offer(Frame(self.stream, self._index, pts, captured, data, self.rate))
-        self._index += 1
+        # block sample j is at adc + j / rate; a frame's first sample may be an earlier
+        # block's: ``pending`` samples before this one
+        first = -self._chunker.pending
+        for data in self._chunker.push(indata[:frames]):
+            pts = self._index * self.period
+            captured = adc + first / self.rate + self._offset
+            frame = Frame(self.stream, self._index, pts, captured, data, self.rate, self.info)
+            self.buffer.offer(frame)
+            self._index += 1
+            first += self.chunk
         self._next_adc = adc + frames / self.rate

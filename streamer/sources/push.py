@@ -26,7 +26,9 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from typing import Literal, TypeVar
 
-from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
+import numpy as np
+
+from streamer.frames import Frame, Gap, Item, StreamEnd, StreamInfo, StreamStart
 from streamer.sources.base import GeneratorSource
 
 R = TypeVar("R")
@@ -173,7 +175,11 @@ class PushSource(GeneratorSource):
     ``self.buffer.offer``; runs on a thread) and :meth:`_stop_device` (stop it and release
     the device; must be safe to call in any state and more than once), and set
     ``self.stream``, ``self.media``, ``self.rate`` and ``self.meta`` for the start marker,
-    and ``self.period``, the media seconds one frame covers (for the pts of a gap).
+    and ``self.period``, the media seconds one frame covers (for the pts of a gap). They
+    declare the stream in ``self.info`` (live, endless; frames carry it too), which may
+    change until the device is connected: the start marker carries it as it is then.
+    Without ``self.info`` the stream is described from ``stream``/``media``/``rate``,
+    shape unknown.
     """
 
     live = True  # a device: frames come when it makes them, not when read
@@ -183,9 +189,21 @@ class PushSource(GeneratorSource):
     rate: float
     period: float
     meta: dict[str, object]
+    info: StreamInfo | None = None
 
     def __init__(self, buffer: PushBuffer) -> None:
         self.buffer = buffer
+
+    @property
+    def streams(self) -> list[StreamInfo]:
+        """The one stream this device delivers, as known now (see the class docstring)."""
+        return [self._declared()]
+
+    def _declared(self) -> StreamInfo:
+        if self.info is not None:
+            return self.info
+        dtype = np.dtype(np.uint8 if self.media == "video" else np.float32)
+        return StreamInfo(self.stream, self.media, self.rate, None, dtype, live=True)
 
     def _start_device(self) -> None:
         raise NotImplementedError
@@ -201,7 +219,8 @@ class PushSource(GeneratorSource):
             if self._closed:
                 return
             await in_daemon_thread(self._start_device, f"{self.name}:start")
-            yield StreamStart(self.stream, self.media, self.rate, dict(self.meta))
+            info = self._declared()
+            yield StreamStart(self.stream, self.media, self.rate, dict(self.meta), info)
             while True:
                 item = await self.buffer.get()
                 if item is None:

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from streamer.clock import Clock, RealClock
 from streamer.errors import InputError
-from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
+from streamer.frames import Frame, Gap, Item, StreamEnd, StreamInfo, StreamStart
 from streamer.recording import RecordedStream, Recording, read_recording
 from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 from streamer.worker import Worker
@@ -41,7 +41,9 @@ class RecordingSource(GeneratorSource):
     """An async iterator of the items of a recording folder (see the module docstring).
 
     Opening validates the recording (``InputError`` naming the bad file). ``total_frames``
-    is the number of frames one pass delivers, or None when looping.
+    is the number of frames one pass delivers, or None when looping. ``streams`` declares
+    each recorded stream (renamed by ``options.stream``) with its first frame's shape and
+    dtype (one channel with ``mono``); the last audio frame of a recording may be shorter.
     """
 
     def __init__(
@@ -64,6 +66,12 @@ class RecordingSource(GeneratorSource):
                 )
             self._ids = [self.options.stream]
         self.total_frames: int | None = None if self.options.loop else self.recording.total_frames
+        #: One per recorded stream, in order, declared before the run (renamed by
+        #: ``options.stream``; mono-mixed audio has one channel).
+        self.streams: list[StreamInfo] = [
+            _declare(stream, stream_id, self.options)
+            for stream, stream_id in zip(streams, self._ids, strict=True)
+        ]
         self._merge(streams)
         self._worker = Worker(self.name, self.clock)
 
@@ -109,7 +117,7 @@ class RecordingSource(GeneratorSource):
             meta = dict(stream.meta)
             if self.options.loop:
                 meta["loop"] = True  # no end: the recorded "samples" end only one pass
-            yield StreamStart(ids[n], stream.media, stream.rate, meta)
+            yield StreamStart(ids[n], stream.media, stream.rate, meta, self.streams[n])
         for n, stream in enumerate(streams):
             if stream.frames == 0:
                 for gap in stream.gaps:
@@ -145,6 +153,7 @@ class RecordingSource(GeneratorSource):
                     captured=captured,
                     data=block[pos - block_start],
                     rate=stream.rate,
+                    info=self.streams[n],
                 )
                 if f == stream.frames - 1:
                     for gap in stream.gaps[gap_next[n] :]:
@@ -164,7 +173,7 @@ class RecordingSource(GeneratorSource):
         while pos < len(self._order_stream) and len(block) < BLOCK_FRAMES:
             stream = streams[int(self._order_stream[pos])]
             data = np.array(stream.frame_data(int(self._order_frame[pos])), dtype=stream.dtype)
-            if self.options.mono and _multichannel(stream, data):
+            if self.options.mono and _multichannel(stream, data.shape):
                 data = _mix_down(data)
             block.append(data)
             size += data.nbytes
@@ -172,6 +181,23 @@ class RecordingSource(GeneratorSource):
             if size >= BLOCK_BYTES:
                 break
         return block
+
+
+def _declare(stream: RecordedStream, stream_id: str, options: SourceOptions) -> StreamInfo:
+    """What replaying ``stream`` as ``stream_id`` delivers: its first frame's shape (None
+    for a stream without frames), one channel when ``mono`` mixes it down."""
+    shape: tuple[int, ...] | None = tuple(stream.frame_shape) if stream.frames else None
+    if shape is not None and options.mono and _multichannel(stream, shape):
+        shape = (shape[0], 1)
+    return StreamInfo(
+        stream_id,
+        stream.media,
+        stream.rate,
+        shape,
+        stream.dtype,
+        live=False,
+        total_frames=None if options.loop else stream.frames,
+    )
 
 
 def _index_span(stream: RecordedStream) -> int:
@@ -200,12 +226,12 @@ def _shift_gap(gap: Gap, stream_id: str, index_shift: int, pts_shift: float) -> 
     return Gap(stream_id, gap.index + index_shift, gap.count, gap.pts + pts_shift, gap.reason)
 
 
-def _multichannel(stream: RecordedStream, data: npt.NDArray[Any]) -> bool:
+def _multichannel(stream: RecordedStream, shape: tuple[int, ...]) -> bool:
     return (
         stream.media == "audio"
-        and data.ndim == 2
-        and data.shape[1] > 1
-        and data.dtype.kind in "iuf"
+        and len(shape) == 2
+        and shape[1] > 1
+        and stream.dtype.kind in "iuf"
     )
 
 

@@ -1,6 +1,7 @@
 """Synthetic sources for tests and demos: ``synthetic:KIND?key=value&...``.
 
-Audio kinds (``[chunk, C]`` float32 frames, last one zero-padded):
+Audio kinds (``[chunk, C]`` float32 frames, last one zero-padded: a
+:class:`~streamer.sources.chunker.Chunker` cuts them):
 
 - ``tone``: a sine; keys ``freq`` (Hz, 440), ``amplitude`` (0.5), ``rate``, ``channels``,
   ``duration``, ``seed`` (accepted, unused).
@@ -37,8 +38,9 @@ import numpy as np
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.frames import Frame, Item, Media, StreamEnd, StreamStart
+from streamer.frames import Frame, Item, Media, StreamEnd, StreamInfo, StreamStart
 from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
+from streamer.sources.chunker import Chunker
 
 AUDIO_KINDS = ("tone", "noise", "silence")
 VIDEO_KINDS = ("shapes",)
@@ -182,7 +184,23 @@ class SyntheticSource(GeneratorSource):
             self.frames_per_pass = None if duration is None else max(1, round(duration * self.rate))
             per_pass = self.frames_per_pass
         self.total_frames = None if options.loop else per_pass
+        shape: tuple[int, ...]
+        dtype: np.dtype[Any]
+        if self.media == "audio":
+            shape, dtype = (self.chunk, self.channels), np.dtype(np.float32)
+        else:
+            width, height = p["size"]
+            shape, dtype = (int(height), int(width), 3), np.dtype(np.uint8)
+        #: The stream, declared before the run (carried by its StreamStart and frames).
+        self.info = StreamInfo(
+            self.stream, self.media, self.rate, shape, dtype, total_frames=self.total_frames
+        )
         self._pacer = Pacer(clock, options.pace, options.speed)
+
+    @property
+    def streams(self) -> list[StreamInfo]:
+        """The one stream this source delivers."""
+        return [self.info]
 
     def _items(self) -> AsyncGenerator[Item, None]:
         return self._audio() if self.media == "audio" else self._video()
@@ -193,45 +211,43 @@ class SyntheticSource(GeneratorSource):
             meta["samples"] = self.samples
         if self.options.loop:
             meta["loop"] = True  # no end: every sample is real, "samples" is one pass
-        return StreamStart(self.stream, self.media, self.rate, meta)
+        return StreamStart(self.stream, self.media, self.rate, meta, self.info)
 
     async def _emit(self, index: int, pts: float, data: np.ndarray) -> Frame:
         captured = await self._pacer.wait(pts)
         if self._pacer.pace == "fast":
             await asyncio.sleep(0)  # fast pacing never waits: let other tasks run
-        return Frame(self.stream, index, pts, captured, data, self.rate)
+        return Frame(self.stream, index, pts, captured, data, self.rate, self.info)
 
     async def _audio(self) -> AsyncGenerator[Item, None]:
         if self._closed:
             return
         yield self._start()
         render = self._audio_renderer()
+        chunker = Chunker(self.chunk, self.channels)  # synthesised at the delivered rate
         total = self.samples
         loop = self.options.loop
         index = 0
         pos = 0  # position within the current pass
         while not self._closed:
-            data = np.zeros((self.chunk, self.channels), np.float32)  # [chunk, C]
-            filled = 0
-            while filled < self.chunk:
-                count = (
-                    self.chunk - filled if total is None else min(self.chunk - filled, total - pos)
-                )
-                if count <= 0:
+            count = self.chunk - chunker.pending
+            if total is not None:
+                if pos >= total:
                     if not loop:
                         break
                     pos = 0
                     render = self._audio_renderer()
-                    continue
-                data[filled : filled + count] = render(pos, count)
-                pos += count
-                filled += count
-            if filled == 0:
-                break
+                count = min(count, total - pos)
+            chunks = chunker.push(render(pos, count))
+            pos += count
+            for data in chunks:
+                yield await self._emit(index, index * self.chunk / self.rate, data)
+                index += 1
+        if self._closed:
+            return
+        for data in chunker.finish():  # the last chunk, zero-padded
             yield await self._emit(index, index * self.chunk / self.rate, data)
             index += 1
-            if total is not None and pos >= total and not loop:
-                break
         if not self._closed:
             yield StreamEnd(self.stream, frames=index, reason="eof")
 

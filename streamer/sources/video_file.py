@@ -13,7 +13,7 @@ import numpy as np
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.frames import Frame, Item, StreamEnd, StreamStart
+from streamer.frames import Frame, Item, StreamEnd, StreamInfo, StreamStart
 from streamer.sources import check_readable_file
 from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
 from streamer.worker import Worker
@@ -78,11 +78,27 @@ class VideoFileSource(GeneratorSource):
             "declared_frames": self.declared_frames,
             "fps_known": probe["fps_known"],
         }
+        width, height = self.size or self.native_size
+        #: The stream, declared before the run (carried by its StreamStart and frames).
+        self.info = StreamInfo(
+            self.stream,
+            "video",
+            self.rate,
+            (height, width, 3),
+            np.dtype(np.uint8),
+            live=False,
+            total_frames=self.total_frames,
+        )
         self._pacer = Pacer(clock, options.pace, options.speed)
         self._worker = Worker(self.name, clock)
         self._cap: Any = None
         self._next = 0  # native number (counted over passes) of the next frame to decode
         self._pass_start = 0  # native number of the current pass's first frame
+
+    @property
+    def streams(self) -> list[StreamInfo]:
+        """The one stream this source delivers."""
+        return [self.info]
 
     def native_number(self, k: int) -> int:
         """The native frame (counted over passes) that output frame ``k`` shows."""
@@ -93,7 +109,7 @@ class VideoFileSource(GeneratorSource):
             if self._closed:
                 return
             await self._worker.call(self._open)
-            yield StreamStart(self.stream, "video", self.rate, dict(self._meta))
+            yield StreamStart(self.stream, "video", self.rate, dict(self._meta), self.info)
             index = 0
             while not self._closed:
                 result = await self._worker.call(self._read, self.native_number(index))
@@ -102,7 +118,7 @@ class VideoFileSource(GeneratorSource):
                 image, number = result
                 pts = number / self.native_fps
                 captured = await self._pacer.wait(pts)
-                yield Frame(self.stream, index, pts, captured, image, self.rate)
+                yield Frame(self.stream, index, pts, captured, image, self.rate, self.info)
                 index += 1
             if not self._closed:
                 yield StreamEnd(self.stream, frames=index, reason="eof")

@@ -32,6 +32,7 @@ has been processed, so a slow model call never makes the streams it served look 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import deque
@@ -244,7 +245,7 @@ class ModelStage:
                 await self._step_ready(outbox, force=True, only=marked)
             for marker in markers:
                 if isinstance(marker, StreamStart):
-                    self._start(marker.stream, marker.media, marker.rate, marker.meta)
+                    self._start(marker)
                 elif isinstance(marker, Gap):
                     await self._gap(marker.stream, outbox)
                 elif isinstance(marker, StreamEnd):
@@ -253,19 +254,29 @@ class ModelStage:
         await self._step_ready(outbox, force=False)
 
     # -- stream events -----------------------------------------------------------------
-    def _start(self, stream: str, media: Media, rate: float, meta: dict[str, Any]) -> _Stream:
-        info = {**self.source_info, **meta}
+    def _start(self, start: StreamStart) -> _Stream:
+        """Fresh state for the stream ``start`` begins; its
+        :class:`~streamer.frames.StreamInfo` says the media, rate and frame shape (audio
+        ``chunk``/``channels``, video ``size``), its ``meta`` the real ``samples`` and
+        ``loop``. A marker without info falls back to the source's ``source_info`` and
+        ``meta`` keys; an unknown shape is learnt from the first frame."""
+        stream, info = start.stream, start.info
         s = self.settings
-        channels = info.get("channels")
-        chunk = info.get("chunk")
+        if info is not None:
+            media, rate = info.media, info.rate
+            chunk, channels, size = info.chunk, info.channels, info.size
+        else:
+            known = {**self.source_info, **start.meta}
+            media, rate = start.media, start.rate
+            chunk, channels, size = known.get("chunk"), known.get("channels"), known.get("size")
         features = make_features(
             s.features,
             media=media,
             rate=rate,
             chunk=chunk if media == "audio" else None,
             channels=channels if media == "audio" else None,
-            size=info.get("size") if media == "video" else None,
-            meta=info,
+            size=size if media == "video" else None,
+            meta=start.meta,
             **s.feature_options,
         )
         head: Head | None = None
@@ -305,7 +316,7 @@ class ModelStage:
     def _ctx(self, frame: Frame) -> _Stream:
         ctx = self._streams.get(frame.stream)
         if ctx is None:  # a stream whose start marker we never saw
-            ctx = self._start(frame.stream, frame.media, frame.rate, {})
+            ctx = self._start(_start_of(frame, frame.stream))
         return ctx
 
     async def _frames(self, frames: list[Frame], outbox: Channel[Any]) -> None:
@@ -611,7 +622,7 @@ class ModelStage:
         frame shaped like the source's): see :meth:`check_input`. Leaves no stream or
         state behind."""
         probe = f"\0probe:{frame.stream}"
-        ctx = self._start(probe, frame.media, frame.rate, {})
+        ctx = self._start(_start_of(frame, probe))
         try:
             x, _ = ctx.features.push_frame(frame)
             self.check_input(x if x.shape[0] else None)
@@ -629,6 +640,14 @@ class ModelStage:
 def dry_check(stage: ModelStage, frame: Frame) -> None:
     """:meth:`ModelStage.dry_check` (refuse a model that does not fit ``frame``)."""
     stage.dry_check(frame)
+
+
+def _start_of(frame: Frame, stream: str) -> StreamStart:
+    """The start marker ``stream`` would have had, from one of its frames."""
+    info = frame.info
+    if info is not None and info.stream != stream:
+        info = dataclasses.replace(info, stream=stream)
+    return StreamStart(stream, frame.media, frame.rate if info is None else info.rate, {}, info)
 
 
 def _next_or_none(tokens: Iterator[Output]) -> Output | None:

@@ -1,8 +1,9 @@
 """A built-in, model-free stage: audio energy or image brightness against a threshold.
 
 It makes a pipeline produce labels before a real model is configured, and it is the
-reference stage in the runtime's tests. ``kind=None`` picks per stream: ``energy`` for
-audio, ``brightness`` for video. Integer audio (int16, uint8, ...) is measured against its
+reference stage in the runtime's tests. ``kind=None`` picks per stream, from the media its
+``StreamStart`` declares (its :class:`~streamer.frames.StreamInfo`): ``energy`` for audio,
+``brightness`` for video. Integer audio (int16, uint8, ...) is measured against its
 own full scale, so a recording replayed as int16 gets the same dBFS as its float32 twin.
 
 A frame whose measure is not finite (NaN or Inf samples, or values too large to square)
@@ -36,7 +37,9 @@ KIND_FOR_MEDIA: dict[Media, ThresholdKind] = {"audio": "energy", "video": "brigh
 
 
 def measure(kind: ThresholdKind, data: np.ndarray[Any, Any]) -> float:
-    """Energy in dBFS of ``data [samples, channels]`` or mean luma of ``data [H, W, 3]``.
+    """Energy in dBFS of ``data [samples, channels]`` or mean luma in [0, 1] of an image:
+    ``[H, W, 3]`` BGR, or ``[H, W]`` / ``[H, W, 1]`` grey; integer pixels against their
+    type's full scale (uint8: 255), float pixels as they are (0 to 1).
 
     Not finite when ``data`` holds NaN or Inf (or squares past float64's range)."""
     if kind == "energy":
@@ -48,8 +51,12 @@ def measure(kind: ThresholdKind, data: np.ndarray[Any, Any]) -> float:
         if not math.isfinite(rms):
             return rms
         return 20.0 * math.log10(max(rms, 1e-10))
-    b, g, r = (data[..., c].mean(dtype=np.float64) for c in range(3))
-    return float(0.114 * b + 0.587 * g + 0.299 * r) / 255.0
+    image = np.asarray(data)
+    scale = float(np.iinfo(image.dtype).max) if image.dtype.kind in "iu" else 1.0
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return float(image.mean(dtype=np.float64)) / scale
+    b, g, r = (image[..., c].mean(dtype=np.float64) for c in range(3))
+    return float(0.114 * b + 0.587 * g + 0.299 * r) / scale
 
 
 def _full_scale(data: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -89,7 +96,8 @@ class ThresholdStage:
                 await outbox.send(output if output is not None else self._invalid(item))
                 continue
             if isinstance(item, StreamStart):
-                self._kinds[item.stream] = self.kind or KIND_FOR_MEDIA[item.media]
+                media = item.info.media if item.info is not None else item.media
+                self._kinds[item.stream] = self.kind or KIND_FOR_MEDIA[media]
             elif isinstance(item, StreamEnd):
                 self._invalid_run.discard(item.stream)
             await outbox.send(item)
