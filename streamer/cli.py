@@ -290,14 +290,19 @@ def _record(args: argparse.Namespace) -> int:
     valid recording, streams ended with reason ``stopped``); a second aborts and removes
     the temporary folder (exit 130)."""
     from streamer.clock import Clock, RealClock, VirtualClock
+    from streamer.config import source_from_flags
     from streamer.recorder import record
     from streamer.sources import SourceOptions, open_source
 
     out_dir = Path(args.out_dir)
     _check_partials(out_dir, args.clean)
     size = _parse_size(args.size) if args.size else None
+    checked = source_from_flags(
+        {"uri": args.source, "rate": args.rate, "chunk": args.chunk, "size": size},
+        {"uri": "SOURCE", "rate": "--rate", "chunk": "--chunk", "size": "--size"},
+    )
     options = SourceOptions(
-        rate=args.rate, chunk=args.chunk, size=size, mono=args.mono, pace="realtime"
+        rate=checked.rate, chunk=checked.chunk, size=checked.size, mono=args.mono, pace="realtime"
     )
     # A replay is recorded as if captured live, on a virtual clock (captured = start +
     # pts) unless --pace realtime; a device (its streams say live) on the real clock.

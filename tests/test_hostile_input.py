@@ -529,3 +529,22 @@ def test_metrics_folder_is_refused_before_the_run(
     )
     assert_refused(code, err, "--metrics", "folder")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--rate", "inf"),
+        ("--rate", "nan"),
+        ("--rate", "1e9"),
+        ("--chunk", "0"),
+        ("--chunk", "10000000000"),
+    ],
+)
+def test_bad_record_flags_are_refused_before_anything_is_written(
+    flag: str, value: str, short_wav: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rec"
+    code, err = run(capsys, ["record", str(short_wav), str(out), flag, value])
+    assert_refused(code, err, flag)
+    assert list(tmp_path.iterdir()) == []  # no recording, no partial folder

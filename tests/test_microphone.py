@@ -93,7 +93,7 @@ async def capture(
 def test_captured_samples_are_the_played_wav_at_the_real_time_rate(
     pulse: PulseServer, speech: Path
 ) -> None:
-    items = asyncio.run(asyncio.wait_for(capture(mic(), pulse, speech, 110), 60))
+    items = asyncio.run(asyncio.wait_for(capture(mic(), pulse, speech, 120), 60))
     frames = [i for i in items if isinstance(i, Frame)]
     assert [f.index for f in frames] == list(range(len(frames)))
     assert all(f.data.shape == (CHUNK, 1) and f.data.dtype == np.float32 for f in frames)
@@ -107,8 +107,10 @@ def test_captured_samples_are_the_played_wav_at_the_real_time_rate(
     end = min(len(played), len(heard) - offset)
     assert end - start > 16000, (offset, start, end)
     np.testing.assert_array_equal(heard[start + offset : end + offset], played[start:end])
-    # chunks arrive at the real-time rate: 16000 / 512 = 31.25 a second (within 10%)
-    steady = frames[10:]
+    # chunks arrive at the real-time rate: 16000 / 512 = 31.25 a second (within 10%). A
+    # fresh PulseAudio server first hands over a backlog with start-up time stamps (about
+    # 40 chunks, see benchmarks/bench_live.py): the rate is measured after it.
+    steady = frames[50:]
     rate = (len(steady) - 1) / (steady[-1].captured - steady[0].captured)
     assert 28.0 <= rate <= 34.5, rate
     assert items[0].meta["live"] is True
