@@ -13,7 +13,7 @@ Run: ``.venv/bin/python benchmarks/bench_live.py [--camera-seconds S] [--mic-sec
    ``time.monotonic``, the pipeline's ``RealClock``). CPU: ``time.process_time()`` of the
    whole process per frame, pipeline against bare loop.
 2. Microphone: a private PulseAudio server's virtual mic (``tests/standins/pulse.py``) fed
-   with ``/work/shared/data/speech_en_16k.wav``, read by ``MicrophoneSource`` (16 kHz,
+   with ``tests/data/speech_en_16k.wav``, read by ``MicrophoneSource`` (16 kHz,
    512-sample chunks: 32 ms). Jitter = ``|interval - 32 ms|`` of consecutive frames'
    ``captured`` stamps and of their arrival times at the consumer. Also the start-up (how
    many chunks until one reaches the consumer within a period of its ``captured`` stamp)
@@ -56,7 +56,7 @@ from streamer.sinks import CallbackSink
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "tests" / "standins" / "mjpeg_server.py"
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_en_16k.wav"
+SPEECH = Path(__file__).resolve().parents[1] / "tests" / "data" / "speech_en_16k.wav"
 FPS = 30.0
 SIZE = (640, 480)
 MIC_RATE, MIC_CHUNK = 16000, 512

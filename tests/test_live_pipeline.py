@@ -18,7 +18,7 @@ from test_camera import MjpegServer
 
 from streamer.cli import main
 
-SPEECH = REPO.parent / "shared" / "data" / "speech_en_16k.wav"
+SPEECH = REPO / "tests" / "data" / "speech_en_16k.wav"
 DURATION = 4.0
 
 

@@ -24,7 +24,7 @@ from streamer.frames import Frame, Gap, StreamStart
 from streamer.sources.base import SourceOptions
 from streamer.sources.microphone import MicrophoneSource, import_sounddevice
 
-SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_en_16k.wav"
+SPEECH = Path(__file__).resolve().parent / "data" / "speech_en_16k.wav"
 CHUNK = 512
 
 

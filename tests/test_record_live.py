@@ -22,7 +22,7 @@ from streamer.frames import Frame, Gap, StreamEnd, StreamStart
 from streamer.recording import read_recording
 from streamer.sources.recording import RecordingSource
 
-SPEECH = REPO.parent / "shared" / "data" / "speech_en_16k.wav"
+SPEECH = REPO / "tests" / "data" / "speech_en_16k.wav"
 
 
 @pytest.fixture
