@@ -36,11 +36,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class MjpegServer:
     """The stand-in as a real process that can be killed and started again."""
 
-    def __init__(self, fps: float = 30.0, size: str = "320x240") -> None:
+    def __init__(self, fps: float = 30.0, size: str = "320x240", stall: bool = False) -> None:
         self.port = free_port()
         self.fps = fps
         self.size = size
         self.epoch = time.time()
+        self.stall = stall
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -50,6 +51,7 @@ class MjpegServer:
     def start(self) -> None:
         command = [sys.executable, str(SERVER), str(self.port), "--fps", str(self.fps)]
         command += ["--size", self.size, "--epoch", repr(self.epoch)]
+        command += ["--stall"] if self.stall else []
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == "ready"
@@ -166,6 +168,24 @@ def test_an_unreachable_url_names_the_url_and_the_time_out() -> None:
 
     with pytest.raises(InputError, match=r"127\.0\.0\.1.*1 s time-out"):
         asyncio.run(first())
+
+
+def test_a_camera_that_answers_but_sends_no_frame_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.cli import main
+
+    stalled = MjpegServer(stall=True)
+    stalled.start()
+    try:
+        out = tmp_path / "out.jsonl"
+        code = main(["run", "--source", f"camera:{stalled.url}", "--out", str(out), "-q"])
+    finally:
+        stalled.kill()
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    [line] = [x for x in err.splitlines() if x.startswith("streamer: error: ")]
+    assert stalled.url in line and "time-out" in line
 
 
 @pytest.mark.parametrize("uri", ["camera:", "camera:front", "camera:-1", "camera:http://"])

@@ -90,11 +90,21 @@ class CameraSource(PushSource):
         self._thread: threading.Thread | None = None
         self._cap: Any = None
         self._cap_lock = threading.Lock()
+        self._grabbed_first = False
+        self._first_grab_at = 0.0
 
     # -- device lifecycle (called by PushSource on a thread) --------------------------------
     def _start_device(self) -> None:
-        """Open the first connection (within ``timeout``), then start the reader thread."""
+        """Open the first connection and grab its first frame (each within ``timeout``),
+        then start the reader thread."""
         cap = self._open()
+        if cap is not None and not self._first_grab(cap):
+            cap = None
+            if not self.options.retry:
+                raise InputError(
+                    f"{self.uri}: the camera opened but delivered no frame within the"
+                    f" {self.timeout:g} s time-out"
+                )
         if cap is None and self.options.retry and not self._stop.is_set():
             log.warning(
                 "%s: cannot open the camera within %g s; retrying with back-off",
@@ -121,6 +131,15 @@ class CameraSource(PushSource):
             self._cap = cap
         self._thread = threading.Thread(target=self._read_loop, name=self.name, daemon=True)
         self._thread.start()
+
+    def _first_grab(self, cap: Any) -> bool:
+        """Grab the first frame now (the reader thread retrieves it); False if none came."""
+        if cap.grab():
+            self._first_grab_at = self.clock.now()
+            self._grabbed_first = True
+            return True
+        cap.release()
+        return False
 
     def _describe(self, native_size: list[int] | None) -> StreamInfo:
         """The stream: ``(H, W, 3)`` uint8 at ``size`` if asked for, else at the camera's own
@@ -154,12 +173,16 @@ class CameraSource(PushSource):
                         break
                     with self._cap_lock:
                         self._cap = cap
-                if not cap.grab():
+                if self._grabbed_first:  # the first connection's frame, grabbed at start
+                    self._grabbed_first = False
+                    now = self._first_grab_at
+                elif cap.grab():
+                    now = self.clock.now()
+                else:
                     lost_at = self.clock.now()
                     log.warning("%s: the stream dropped; reconnecting", self.uri)
                     self._close_capture()
                     continue
-                now = self.clock.now()
                 if t0 is None:
                     t0 = now
                 if lost_at is not None and last is not None:

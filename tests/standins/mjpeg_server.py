@@ -1,10 +1,11 @@
 """A camera stand-in: MJPEG over HTTP on 127.0.0.1 (``multipart/x-mixed-replace``).
 
-``python mjpeg_server.py PORT [--fps 30] [--size 320x240] [--epoch T]``. Frame ``n`` is the
-one due at ``epoch + n / fps`` (``time.time()`` seconds; default: when the server starts),
-so a server restarted with the same epoch goes on numbering where real time says it
-would. Each frame carries its number in its pixels: 16 vertical bars, bar ``b`` white when
-bit ``b`` of the number is set (see :func:`decode_index`).
+``python mjpeg_server.py PORT [--fps 30] [--size 320x240] [--epoch T] [--stall]``.
+Frame ``n`` is the one due at ``epoch + n / fps`` (``time.time()`` seconds; default: when
+the server starts), so a server restarted with the same epoch goes on numbering where real
+time says it would. Each frame carries its number in its pixels: 16 vertical bars, bar
+``b`` white when bit ``b`` of the number is set (see :func:`decode_index`). ``--stall``
+answers the request and then sends no frame at all.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--epoch", type=float, default=None)
+    parser.add_argument("--stall", action="store_true", help="answer, then send no frame")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     epoch = time.time() if args.epoch is None else args.epoch
@@ -61,6 +63,9 @@ def main() -> None:
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.end_headers()
+            if args.stall:  # a camera that answers but never delivers a frame
+                time.sleep(3600)
+                return
             index = max(0, int((time.time() - epoch) * args.fps) + 1)
             try:
                 while True:
