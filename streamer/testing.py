@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,3 +198,39 @@ async def run_scripted(
     pipeline = Pipeline(sources, stages, [sink], mode=mode, clock=clock, **pipeline_options)
     summary = await pipeline.run()
     return ScriptedRun(sink.outputs, summary, pipeline)
+
+
+def replay(
+    pipeline: str | Path,
+    source: str | Sequence[str] | None = None,
+    *,
+    mode: Mode | None = None,
+    pace: Pace | None = None,
+    clock: Clock | None = None,
+) -> ScriptedRun:
+    """Run a pipeline file on ``source`` (a URI or several; default: the file's own) on a
+    :class:`VirtualClock`, capturing its outputs instead of writing its sinks.
+
+    Everything is checked as ``streamer run`` checks it (bad input raises
+    :class:`~streamer.errors.InputError`); a real-time replay finishes at once with the
+    time stamps real time would give. For tests::
+
+        run = replay("pipelines/audio_tagging.toml", "recordings/speech_en")
+        speech = [o for o in run.outputs if o.kind == "segment" and o.label == "speech"]
+    """
+    import asyncio
+    import dataclasses
+
+    from streamer.build import Overrides, apply_overrides, build_pipeline
+    from streamer.config import load_config
+
+    sources = (source,) if isinstance(source, str) else tuple(source or ())
+    config = apply_overrides(
+        load_config(pipeline), Overrides(sources=sources, mode=mode, pace=pace, quiet=True)
+    )
+    config = config.model_copy(update={"sinks": []})
+    built = build_pipeline(config, clock or VirtualClock())
+    sink = CaptureSink()
+    built = dataclasses.replace(built, sinks=[sink])
+    summary = asyncio.run(built.run())
+    return ScriptedRun(sink.outputs, summary, built)
