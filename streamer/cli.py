@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a pipeline file (or a source with defaults)")
-    run.add_argument("pipeline", nargs="?", help="pipeline TOML file")
+    run.add_argument(
+        "pipeline", nargs="?", help="pipeline TOML file, or a ready pipeline's name (see pipelines)"
+    )
     run.add_argument(
         "--source",
         action="append",
@@ -181,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     devices.add_argument("--json", action="store_true", help="print the listing as JSON")
     devices.add_argument("--debug", action="store_true", help="show tracebacks")
     devices.set_defaults(handler=_devices)
+
+    _add_pipelines_parser(commands)
+    _add_plot_parser(commands)
     return parser
 
 
@@ -189,6 +194,25 @@ def _devices(args: argparse.Namespace) -> int:
 
     found = list_devices()
     print(json.dumps(found, indent=2) if args.json else format_devices(found))
+    return EXIT_OK
+
+
+# -- pipelines (ready pipelines shipped in the `pipelines` package) ----------------------
+def _add_pipelines_parser(commands: Any) -> None:
+    ready = commands.add_parser("pipelines", help="list the ready pipelines (streamer run NAME)")
+    ready.add_argument("--json", action="store_true", help="print the listing as JSON")
+    ready.add_argument("--debug", action="store_true", help="show tracebacks")
+    ready.set_defaults(handler=_pipelines)
+
+
+def _pipelines(args: argparse.Namespace) -> int:
+    from streamer.ready import format_ready, ready_pipelines
+
+    found = ready_pipelines()
+    if args.json:
+        print(json.dumps([pipeline.as_json() for pipeline in found], indent=2))
+    else:
+        print(format_ready(found))
     return EXIT_OK
 
 
@@ -201,12 +225,14 @@ def _run(args: argparse.Namespace) -> int:
         output_paths,
     )
     from streamer.config import load_config, parse_config
+    from streamer.ready import resolve_pipeline
     from streamer.safety import check_outputs, check_writable
 
     uris = [*(args.source or []), *(_read_sources(args.sources) if args.sources else [])]
     if args.pipeline is None and not uris:
         raise InputError("run: give a pipeline file or --source URI (see streamer run --help)")
     if args.pipeline is not None:
+        args.pipeline = resolve_pipeline(args.pipeline)  # a file, or a ready pipeline's name
         config = load_config(args.pipeline)
     else:
         config = parse_config({"source": {"uri": uris[0]}}, "--source")
@@ -394,6 +420,47 @@ def _parse_size(text: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise InputError(f"--size: expected positive sizes, got {text!r}")
     return width, height
+
+
+# -- plot (a JSONL output file as a timeline figure) ---------------------------------------
+def _add_plot_parser(commands: Any) -> None:
+    plot = commands.add_parser("plot", help="draw a JSONL output file as a timeline image")
+    plot.add_argument("jsonl", help="JSONL output file of streamer run")
+    plot.add_argument("-o", "--out", required=True, help="image to write (.png, .svg, .pdf)")
+    plot.add_argument(
+        "--source", metavar="AUDIO", help="the audio file or recording the run read: its waveform"
+    )
+    plot.add_argument("--streams", metavar="A,B", help="plot only these streams, in this order")
+    plot.add_argument("--width", type=float, default=12.0, help="inches (default 12)")
+    plot.add_argument("--height", type=float, help="inches (default: from the panel count)")
+    plot.add_argument("--dpi", type=float, default=100.0, help="pixels per inch (default 100)")
+    plot.add_argument("--debug", action="store_true", help="show tracebacks")
+    plot.set_defaults(handler=_plot)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """``streamer plot``: matplotlib is imported here, never by ``streamer run``."""
+    from streamer.plot import check_out_suffix, plot_timeline, save_timeline
+    from streamer.safety import check_outputs, check_writable, source_inputs
+
+    out = Path(args.out)
+    check_writable(out, "-o")
+    check_out_suffix(out)
+    inputs = [("the JSONL file", Path(args.jsonl))]
+    inputs += source_inputs(args.source) if args.source else []
+    check_outputs(inputs, [("-o", out)])
+    streams = [s.strip() for s in args.streams.split(",") if s.strip()] if args.streams else None
+    figure = plot_timeline(
+        args.jsonl,
+        source=args.source,
+        streams=streams,
+        width=args.width,
+        height=args.height,
+        dpi=args.dpi,
+    )
+    save_timeline(figure, out)
+    print(f"wrote {out}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
