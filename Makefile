@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh Debian 12 machine with Python 3.11 (as root):
-#   make demo   - create .venv, install everything, run the default pipeline on a recording
+#   make demo   - create .venv, install everything, tag speech in a recording (Silero VAD), plot it
 #   make test   - the same set-up plus the system packages the tests need, then lint + tests
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -23,8 +23,9 @@ TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils
 
 demo: system-deps $(STAMP)
 	@mkdir -p out
-	$(BIN)/streamer run pipelines/speech_energy.toml --out out/demo.jsonl --metrics out/demo-metrics.json
-	@echo "outputs: out/demo.jsonl  metrics: out/demo-metrics.json"
+	$(BIN)/streamer run audio_tagging --source recordings/speech_en --out out/demo.jsonl --metrics out/demo-metrics.json
+	$(BIN)/streamer plot out/demo.jsonl -o out/demo-timeline.png --source recordings/speech_en
+	@echo "outputs: out/demo.jsonl  timeline: out/demo-timeline.png  metrics: out/demo-metrics.json"
 
 test: APT_PACKAGES := $(TEST_APT_PACKAGES)
 test: system-deps $(STAMP) lint typecheck pytest

@@ -53,6 +53,7 @@ class SileroVAD16k(nn.Module):
     state_batch_axes = (1,)
     causal = True
     input_shape = (CONTEXT + CHUNK,)
+    input_rate = 16000.0  # Hz: streamer refuses audio at another rate before the run
     basis: Tensor
 
     def __init__(self) -> None:

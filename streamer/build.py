@@ -278,8 +278,15 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         source_info=source_info(source),
     )
     checked: set[tuple[Any, ...]] = set()
+    rate = getattr(loaded, "input_rate", None)
     for each in sources:  # each distinct kind of frame once
         for info in each.streams:
+            if rate is not None and info.media == "audio" and abs(info.rate - rate) > 1e-6:
+                raise InputError(
+                    f"stage 'model': the model takes {rate:g} Hz audio, but stream"
+                    f" '{info.stream}' of {each.name} is {info.rate:g} Hz; set [source] rate"
+                    f" = {rate:g}"
+                )
             frame = sample_frame(info)
             if frame is None:
                 if info.total_frames != 0:

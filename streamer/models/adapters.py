@@ -91,6 +91,12 @@ class ContextModel:
         return self.model.causal
 
     @property
+    def input_rate(self) -> float | None:
+        """The inner model's audio rate in Hz, when it declares one."""
+        rate = getattr(self.model, "input_rate", None)
+        return None if rate is None else float(rate)
+
+    @property
     def input_shape(self) -> tuple[int, ...] | None:
         inner = self.model.input_shape
         if inner is None or len(inner) != 1:

@@ -80,6 +80,9 @@ class ModuleModel:
         self._causal = bool(causal if causal is not None else (declared_causal is not False))
         shape = input_shape if input_shape is not None else _attribute(module, "input_shape")
         self._input_shape = None if shape is None else tuple(int(d) for d in shape)
+        rate = _attribute(module, "input_rate")
+        #: Hz of the audio the model was trained on (module attribute), when it says.
+        self.input_rate: float | None = None if rate is None else float(rate)
         self._spec: pytree.TreeSpec | None = None
         hook = _attribute(module, "initial_state")
         self._initial = hook if callable(hook) else None
