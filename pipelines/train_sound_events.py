@@ -1,0 +1,160 @@
+"""Train the sound-event tagger (``pipelines/sound_events.py``) on rendered scenes.
+
+    python pipelines/train_sound_events.py [--clips 800] [--epochs 40] [--budget 240]
+
+Renders labelled scenes (``pipelines/sound_scenes.py``: training speech, and ``espeak-ng``
+voices when installed), computes streamer's own ``logmel`` features (so training features
+equal streaming features), trains the GRU with one sigmoid per label, folds the feature
+normalisation into the GRU, saves ``pipelines/sound_events.pt``, picks per-label
+thresholds on a validation set, and prints per-label F1 per step on a held-out set (held-out
+speech, other seeds) as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipelines import sound_events, sound_scenes  # noqa: E402
+from streamer.features import logmel_offline  # noqa: E402
+
+TRAIN_SEED, VAL_SEED, HELD_OUT_SEED = 1, 2, 3
+
+
+def features(scenes: list[sound_scenes.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stacked log-mel ``x [B, T, 40]`` and labels ``y [B, T, 5]`` of equal-length scenes."""
+    xs, ys = [], []
+    for scene in scenes:
+        x = logmel_offline(scene.audio, rate=sound_scenes.RATE)
+        if x.shape[0] != scene.labels.shape[0]:
+            steps, rows = x.shape[0], scene.labels.shape[0]
+            raise RuntimeError(f"{steps} feature steps but {rows} label rows")
+        xs.append(x)
+        ys.append(torch.from_numpy(scene.labels.astype(np.float32)))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def predict(rnn: nn.GRU, head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities ``[B, T, 5]`` for ``x [B, T, 40]``, each clip from a fresh state."""
+    with torch.no_grad():
+        return torch.sigmoid(head(rnn(x)[0]))
+
+
+def f1_scores(p: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Per-label F1 ``[5]`` of ``p >= thresholds`` against ``y``, both ``[N, 5]``."""
+    on = p >= thresholds[None, :]
+    truth = y > 0.5
+    tp = (on & truth).sum(0)
+    fp = (on & ~truth).sum(0)
+    fn = (~on & truth).sum(0)
+    return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+
+
+def pick_thresholds(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per label, the threshold in 0.05..0.95 with the best F1 on ``(p, y)``."""
+    grid = np.arange(0.05, 0.96, 0.05)
+    scores = np.stack([f1_scores(p, y, np.full(p.shape[1], t)) for t in grid])
+    return grid[scores.argmax(0)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=1000, help="training scenes (4 s each)")
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--budget", type=float, default=420.0, help="training seconds at most")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest)")
+    parser.add_argument("--crop", type=int, default=150, help="training sequence length (steps)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", default=str(ROOT / sound_events.WEIGHTS))
+    parser.add_argument("--no-espeak", action="store_true", help="recorded speech only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    began = time.monotonic()
+
+    espeak = not args.no_espeak
+    train = sound_scenes.render_set(TRAIN_SEED, args.clips, part="train", espeak=espeak)
+    val = sound_scenes.render_set(VAL_SEED, 120, part="train", espeak=espeak)
+    held = sound_scenes.render_set(HELD_OUT_SEED, 200, part="test")
+    x, y = features(train)
+    xv, yv = features(val)
+    xh, yh = features(held)
+    rendered = time.monotonic() - began
+    counts = f"{len(train)}+{len(val)}+{len(held)}"
+    print(f"rendered {counts} scenes in {rendered:.0f} s", file=sys.stderr)
+
+    mean = x.reshape(-1, x.shape[-1]).mean(0)
+    std = x.reshape(-1, x.shape[-1]).std(0).clamp_min(1e-3)
+    rnn, head = sound_events.build(hidden=args.hidden, layers=args.layers)
+    params = list(rnn.parameters()) + list(head.parameters())
+    optimiser = torch.optim.Adam(params, lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=5e-3, total_steps=args.epochs * -(-len(x) // args.batch)
+    )
+    loss_fn = nn.BCEWithLogitsLoss()
+    xn = (x - mean) / std
+    generator = torch.Generator().manual_seed(0)
+    trained_at = time.monotonic()
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for batch in order.split(args.batch):
+            # a random window of each scene, from a fresh state (as a stream starts)
+            at = int(torch.randint(0, x.shape[1] - args.crop + 1, (1,), generator=generator))
+            window = slice(at, at + args.crop)
+            logits = head(rnn(xn[batch, window])[0])
+            loss = loss_fn(logits, y[batch, window])
+            optimiser.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        spent = time.monotonic() - trained_at
+        print(f"epoch {epoch + 1}: loss {total / len(x):.4f} ({spent:.0f} s)", file=sys.stderr)
+        if spent > args.budget:
+            break
+    train_s = time.monotonic() - trained_at
+
+    sound_events.fold_normalisation(rnn, mean, std)
+    rnn.eval()
+    torch.save(nn.Sequential(rnn, head).state_dict(), args.out)
+
+    flat = lambda t: t.reshape(-1, t.shape[-1]).numpy()  # noqa: E731
+    pv = flat(predict(rnn, head, xv))
+    thresholds = pick_thresholds(pv, flat(yv))
+    val_f1 = f1_scores(pv, flat(yv), thresholds)
+    f1 = f1_scores(flat(predict(rnn, head, xh)), flat(yh), thresholds)
+    report = {
+        "train_seconds": round(train_s, 1),
+        "total_seconds": round(time.monotonic() - began, 1),
+        "clips": len(train),
+        "espeak": espeak and bool(sound_scenes.espeak_voices()),
+        "thresholds": {
+            k: round(float(v), 2) for k, v in zip(sound_events.LABELS, thresholds, strict=True)
+        },
+        "held_out_f1": {
+            k: round(float(v), 4) for k, v in zip(sound_events.LABELS, f1, strict=True)
+        },
+        "held_out_macro_f1": round(float(f1.mean()), 4),
+        "validation_macro_f1": round(float(val_f1.mean()), 4),
+        "weights": args.out,
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
