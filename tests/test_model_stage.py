@@ -792,6 +792,31 @@ async def test_per_label_thresholds_choose_the_label() -> None:
         assert [o.label for o in run.outputs].count("speech") == speech
 
 
+async def test_with_thresholds_nothing_on_takes_the_smoothing_default() -> None:
+    """Three labels, a threshold only on speech: where speech is not on, the label is
+    smoothing's ``default`` ("none"), not the first label ("music")."""
+    config = ModelSettings(
+        labels=("music", "speech", "none"),
+        thresholds={"speech": 0.9},
+        smoothing={"default": "none"},
+    )
+    run, _, _ = await run_stage(ModuleModel(ThreeLevels()), [level_script()], config)
+    labels = [o.label for o in run.outputs if o.kind == "frame"]
+    assert set(labels) == {"none", "speech"} and labels.count("speech") == 15
+
+
+class ThreeLevels(nn.Module):
+    """``Level``'s speech logit, spread over three labels (music, speech, none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.level = Level()
+
+    def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        y, state = self.level(x, state)
+        return torch.cat([torch.zeros_like(y), y, torch.zeros_like(y)], dim=-1), state
+
+
 VOCAB = ("<end>", "a", "b", "c", "d")
 
 

@@ -281,7 +281,9 @@ class ModelStage:
         )
         head: Head | None = None
         generator: GenerateHead[State] | None = None
-        labeler = Labeler(s.labels, s.thresholds) if s.thresholds else None
+        # with thresholds, a step where no label is on takes smoothing's default label
+        default = (s.smoothing or {}).get("default")
+        labeler = Labeler(s.labels, s.thresholds, default) if s.thresholds else None
         if s.head == "generate":
             generator = GenerateHead(
                 stream,
