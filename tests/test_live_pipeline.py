@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, require, require_binary
-from standins.pulse import PulseServer
+from standins.pulse import PulseServer, virtual_microphone
 from test_camera import MjpegServer
 
 from streamer.cli import main
@@ -36,17 +36,8 @@ def cameras() -> Iterator[list[MjpegServer]]:
 def pulse() -> Iterator[PulseServer]:
     require_binary("pulseaudio")
     require(SPEECH.is_file(), f"test speech {SPEECH}")
-    from streamer.sources.microphone import import_sounddevice
-
-    server = PulseServer()
-    server.start()
-    sd = import_sounddevice()
-    sd._terminate()
-    sd._initialize()
-    yield server
-    server.stop()
-    sd._terminate()
-    sd._initialize()
+    with virtual_microphone() as server:
+        yield server
 
 
 def toml(value: Any) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import require, require_binary
-from standins.pulse import PulseServer
+from standins.pulse import PulseServer, virtual_microphone
 
 from streamer.clock import RealClock
 from streamer.errors import InputError
@@ -32,20 +32,12 @@ CHUNK = 512
 def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
     require_binary("pulseaudio")
     require_binary("paplay")
-    server = PulseServer()
-    server.start()
     try:
-        sd = import_sounddevice()
+        import_sounddevice()
     except InputError as exc:
-        server.stop()
         require(False, f"PortAudio ({exc})")
-        raise
-    sd._terminate()  # PortAudio reads its configuration (PULSE_SERVER) when initialised
-    sd._initialize()
-    yield server
-    server.stop()
-    sd._terminate()
-    sd._initialize()
+    with virtual_microphone() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

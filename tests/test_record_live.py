@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO, require, require_binary
 from standins.mjpeg_server import decode_index
-from standins.pulse import PulseServer
+from standins.pulse import virtual_microphone
 from test_camera import MjpegServer
 
 from streamer.cli import main
@@ -70,25 +70,16 @@ def test_a_microphone_recording_replays_bit_exactly(
 ) -> None:
     require_binary("pulseaudio")
     require(SPEECH.is_file(), f"test speech {SPEECH}")
-    from streamer.sources.microphone import import_sounddevice
-
-    server = PulseServer()
-    server.start()
-    sd = import_sounddevice()
-    sd._terminate()
-    sd._initialize()
-    player = server.play(SPEECH)
     out = tmp_path / "mic"
-    try:
-        code = main(
-            ["record", "mic:pulse", str(out), "--duration", "2", "--rate", "16000", "--mono"]
-        )
-    finally:
-        player.kill()
-        player.wait()
-        server.stop()
-        sd._terminate()
-        sd._initialize()
+    with virtual_microphone() as server:
+        player = server.play(SPEECH)
+        try:
+            code = main(
+                ["record", "mic:pulse", str(out), "--duration", "2", "--rate", "16000", "--mono"]
+            )
+        finally:
+            player.kill()
+            player.wait()
     assert code == 0, capsys.readouterr().err
     items = replay(out)
     frames = [i for i in items if isinstance(i, Frame)]

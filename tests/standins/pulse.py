@@ -12,6 +12,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CONFIG = """\
@@ -73,3 +75,22 @@ class PulseServer:
             self.process = None
         os.environ.pop("PULSE_SERVER", None)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def virtual_microphone() -> Iterator[PulseServer]:
+    """A private server that PortAudio (through sounddevice) captures from: started, and
+    PortAudio re-initialised to see it; afterwards stopped and PortAudio re-initialised."""
+    from streamer.sources.microphone import import_sounddevice
+
+    sd = import_sounddevice()
+    server = PulseServer()
+    server.start()
+    sd._terminate()  # PortAudio reads its configuration (PULSE_SERVER) when initialised
+    sd._initialize()
+    try:
+        yield server
+    finally:
+        server.stop()
+        sd._terminate()
+        sd._initialize()
