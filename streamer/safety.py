@@ -14,7 +14,6 @@ import stat
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from streamer.errors import InputError
 
@@ -24,14 +23,11 @@ Named = tuple[str, Path]
 
 def source_inputs(uri: str) -> list[Named]:
     """The files a source URI reads: a media file, or every file of a recording folder."""
-    if uri.startswith(("synthetic:", "camera:", "mic:", "mqtt://", "mqtts://")):
+    from streamer.sources import uri_path
+
+    path = uri_path(uri)
+    if path is None:
         return []
-    if uri.startswith("recording:"):
-        path = Path(uri.removeprefix("recording:"))
-    elif uri.startswith("file://"):
-        path = Path(unquote(urlparse(uri).path))
-    else:
-        path = Path(uri.removeprefix("file:"))
     if path.is_dir():
         return [(f"a file of the source recording {path}", p) for p in _files(path)]
     return [("the source file", path)] if path.exists() else []

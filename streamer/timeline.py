@@ -215,7 +215,11 @@ def read_waveform(source: str, bins: int, streams: list[str]) -> Waveform:
     """The envelope of ``source``: an audio file (soundfile) or a recording folder (its
     first audio stream named in ``streams``, else its first audio stream), read in
     blocks so an hour of audio never sits in memory. ``InputError`` if it cannot be read."""
-    path = Path(source.removeprefix("recording:"))
+    from streamer.sources import uri_path
+
+    path = uri_path(source)
+    if path is None:
+        raise InputError(f"--source: {source} is not an audio file or a recording")
     if path.is_dir():
         return _recording_waveform(path, bins, streams)
     if not path.is_file():

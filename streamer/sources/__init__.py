@@ -27,6 +27,7 @@ __all__ = [
     "SourceOptions",
     "check_readable_file",
     "open_source",
+    "uri_path",
 ]
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au"})
@@ -41,6 +42,18 @@ _NOT_YET = {"mqtt://": "MQTT", "mqtts://": "MQTT"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 
+def uri_path(uri: str) -> Path | None:
+    """The local file or folder a URI reads (``PATH``, ``file:PATH``, ``file://PATH``,
+    ``recording:PATH``), or None for generated media, devices and network sources."""
+    if uri.startswith(("synthetic:", "camera:", "mic:", *_NOT_YET)):
+        return None
+    if uri.startswith("recording:"):
+        return Path(uri.removeprefix("recording:"))
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri.removeprefix("file:"))
+
+
 def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
     """The source that ``uri`` names; raises :class:`InputError` for anything unusable.
 
@@ -51,8 +64,6 @@ def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
         from streamer.sources.synthetic import SyntheticSource
 
         return SyntheticSource(uri, options, clock)
-    if uri.startswith("recording:"):
-        return _recording(Path(uri.removeprefix("recording:")), options, clock)
     if uri.startswith("camera:"):
         from streamer.sources.camera import CameraSource
 
@@ -68,17 +79,15 @@ def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
     for prefix, what in _NOT_YET.items():
         if uri.startswith(prefix):
             raise InputError(f"{uri}: {what} sources are not available in this version of streamer")
-    if uri.startswith("file://"):
-        path = Path(unquote(urlparse(uri).path))
-    elif uri.startswith("file:"):
-        path = Path(uri.removeprefix("file:"))
-    else:
-        path = Path(uri)
-        scheme = _SCHEME.match(uri)
-        if scheme and not path.exists():
-            raise InputError(
-                f"{uri}: unknown source scheme '{scheme.group(1)}:'; expected {ACCEPTED_FORMS}"
-            )
+    path = uri_path(uri)
+    assert path is not None  # every URI without a local path was handled above
+    if uri.startswith("recording:"):
+        return _recording(path, options, clock)
+    scheme = _SCHEME.match(uri)
+    if scheme and not uri.startswith("file:") and not path.exists():
+        raise InputError(
+            f"{uri}: unknown source scheme '{scheme.group(1)}:'; expected {ACCEPTED_FORMS}"
+        )
     return _file(path, options, clock)
 
 
