@@ -24,7 +24,6 @@ import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from streamer.errors import InputError
 from streamer.frames import Frame, Media
+from streamer.sources.chunker import resampled_length
 
 MelScale = Literal["htk", "slaney"]
 
@@ -135,16 +135,6 @@ def _real_count(pts: float, length: int, rate: float, samples: int | None) -> in
         return length
     first = round(pts * rate)
     return max(0, min(length, samples - first))
-
-
-def resampled_length(samples: int, rate: float, new_rate: float) -> int:
-    """How many samples ``soxr`` makes of ``samples`` at ``rate`` resampled to ``new_rate``
-    (one shot, or streamed to the last chunk): ``samples * new_rate / rate`` rounded, halves
-    up (exact arithmetic)."""
-    if rate == new_rate:
-        return samples
-    scaled = Fraction(samples) * Fraction(new_rate) / Fraction(rate)
-    return math.floor(scaled + Fraction(1, 2))
 
 
 def _as_samples(data: Any) -> Tensor:

@@ -28,9 +28,9 @@ from streamer.features import (
     mel_filterbank,
     mel_to_hz,
     real_samples,
-    resampled_length,
 )
 from streamer.frames import Frame
+from streamer.sources.chunker import resampled_length
 
 
 def noise(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,6 @@ import math
 import os
 import re
 from collections.abc import AsyncGenerator
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from streamer.errors import InputError
 from streamer.frames import Frame, Item, StreamEnd, StreamInfo, StreamStart
 from streamer.sources import check_readable_file, one_line
 from streamer.sources.base import GeneratorSource, Pacer, SourceOptions
-from streamer.sources.chunker import Chunker
+from streamer.sources.chunker import Chunker, resampled_length
 from streamer.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -86,14 +85,7 @@ class AudioFileSource(GeneratorSource):
         self.chunk = options.chunk
         #: Real samples at the delivered rate in one pass over the file (soxr's output length:
         #: rounded with halves up, in exact arithmetic).
-        self.samples = (
-            math.floor(
-                Fraction(self.native_samples) * Fraction(self.rate) / self.native_rate
-                + Fraction(1, 2)
-            )
-            if self.resampling
-            else self.native_samples
-        )
+        self.samples = resampled_length(self.native_samples, self.native_rate, self.rate)
         self.total_frames = None if options.loop else math.ceil(self.samples / self.chunk)
         self.truncated = _wav_truncated(info)
         self._meta: dict[str, Any] = {

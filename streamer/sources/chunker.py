@@ -17,6 +17,8 @@ holds. Chunks never share memory with the blocks given, so a caller may reuse it
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -144,3 +146,13 @@ class Chunker:
         self.samples += full * self.chunk
         self.chunks += full
         return frames
+
+
+def resampled_length(samples: int, rate: float, new_rate: float) -> int:
+    """How many samples ``soxr`` makes of ``samples`` at ``rate`` resampled to ``new_rate``
+    (one shot, or streamed to the last chunk): ``samples * new_rate / rate`` rounded, halves
+    up (exact arithmetic)."""
+    if rate == new_rate:
+        return samples
+    scaled = Fraction(samples) * Fraction(new_rate) / Fraction(rate)
+    return math.floor(scaled + Fraction(1, 2))
