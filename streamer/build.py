@@ -197,7 +197,7 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         if isinstance(sink_config, ConsoleSinkConfig):
             console = ConsoleSink(every=sink_config.every)
             if mode == "offline":
-                totals = [getattr(source, "total_frames", None) for source in sources]
+                totals = [info.total_frames for source in sources for info in source.streams]
                 known = None if None in totals else sum(t for t in totals if t is not None)
                 console.track(metrics, known)
             sinks.append(console)

@@ -340,9 +340,7 @@ def _record(args: argparse.Namespace) -> int:
         realtime = True
         clock = RealClock()
         source = open_source(args.source, options, clock)
-    endless = args.source.startswith("synthetic:") and any(
-        info.total_frames is None for info in source.streams
-    )
+    endless = any(info.total_frames is None for info in source.streams)
     if endless and not realtime and args.duration is None and args.max_frames is None:
         raise InputError(
             f"record: {args.source} never ends: give --duration or --max-frames, or "
