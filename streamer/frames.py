@@ -51,6 +51,37 @@ class StreamInfo:
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
 
+    @classmethod
+    def audio(
+        cls,
+        stream: str,
+        rate: float,
+        chunk: int,
+        channels: int,
+        *,
+        live: bool = False,
+        total_frames: int | None = None,
+    ) -> StreamInfo:
+        """An audio stream: frames of ``chunk`` samples x ``channels``, float32."""
+        shape = (chunk, channels)
+        return cls(stream, "audio", rate, shape, np.dtype(np.float32), live, total_frames)
+
+    @classmethod
+    def video(
+        cls,
+        stream: str,
+        rate: float,
+        size: tuple[int, int] | None,
+        *,
+        live: bool = False,
+        total_frames: int | None = None,
+    ) -> StreamInfo:
+        """A video stream: ``[H, W, 3]`` uint8 BGR frames of ``size`` (width, height); an
+        unknown size (None, or a zero side) leaves the shape undeclared."""
+        known = size is not None and size[0] > 0 and size[1] > 0
+        shape = (int(size[1]), int(size[0]), 3) if known and size is not None else None
+        return cls(stream, "video", rate, shape, np.dtype(np.uint8), live, total_frames)
+
     @property
     def chunk(self) -> int | None:
         """Audio samples per frame (None for video or when the shape is unknown)."""

@@ -102,14 +102,8 @@ class AudioFileSource(GeneratorSource):
         if options.loop:
             self._meta["loop"] = True  # no end: every sample is real, "samples" is one pass
         #: The stream, declared before the run (carried by its StreamStart and frames).
-        self.info = StreamInfo(
-            self.stream,
-            "audio",
-            self.rate,
-            (self.chunk, self.channels),
-            np.dtype(np.float32),
-            live=False,
-            total_frames=self.total_frames,
+        self.info = StreamInfo.audio(
+            self.stream, self.rate, self.chunk, self.channels, total_frames=self.total_frames
         )
         self._pacer = Pacer(clock, options.pace, options.speed)
         self._worker = Worker(self.name, clock)

@@ -144,9 +144,9 @@ class CameraSource(PushSource):
     def _describe(self, native_size: list[int] | None) -> StreamInfo:
         """The stream: ``(H, W, 3)`` uint8 at ``size`` if asked for, else at the camera's own
         size once connected (unknown before, or when the camera does not say)."""
-        width, height = self.size or native_size or (0, 0)
-        shape = (int(height), int(width), 3) if width > 0 and height > 0 else None
-        return StreamInfo(self.stream, "video", self.rate, shape, np.dtype(np.uint8), live=True)
+        size = self.size or native_size
+        known = (int(size[0]), int(size[1])) if size else None
+        return StreamInfo.video(self.stream, self.rate, known, live=True)
 
     def _stop_device(self) -> None:
         self._stop.set()

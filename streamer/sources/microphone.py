@@ -144,14 +144,7 @@ class MicrophoneSource(PushSource):
             "live": True,
         }
         #: The stream, declared before the run (carried by its StreamStart and frames).
-        self.info = StreamInfo(
-            self.stream,
-            "audio",
-            self.rate,
-            (self.chunk, self.channels),
-            np.dtype(np.float32),
-            live=True,
-        )
+        self.info = StreamInfo.audio(self.stream, self.rate, self.chunk, self.channels, live=True)
         self._chunker = Chunker(self.chunk, self.channels)
         self._stream: Any = None
         self._index = 0

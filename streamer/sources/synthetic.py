@@ -184,16 +184,12 @@ class SyntheticSource(GeneratorSource):
             self.frames_per_pass = None if duration is None else max(1, round(duration * self.rate))
             per_pass = self.frames_per_pass
         self.total_frames = None if options.loop else per_pass
-        shape: tuple[int, ...]
-        dtype: np.dtype[Any]
-        if self.media == "audio":
-            shape, dtype = (self.chunk, self.channels), np.dtype(np.float32)
-        else:
-            width, height = p["size"]
-            shape, dtype = (int(height), int(width), 3), np.dtype(np.uint8)
         #: The stream, declared before the run (carried by its StreamStart and frames).
-        self.info = StreamInfo(
-            self.stream, self.media, self.rate, shape, dtype, total_frames=self.total_frames
+        total = self.total_frames
+        self.info = (
+            StreamInfo.audio(self.stream, self.rate, self.chunk, self.channels, total_frames=total)
+            if self.media == "audio"
+            else StreamInfo.video(self.stream, self.rate, p["size"], total_frames=total)
         )
         self._pacer = Pacer(clock, options.pace, options.speed)
 

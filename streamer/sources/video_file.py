@@ -78,17 +78,9 @@ class VideoFileSource(GeneratorSource):
             "declared_frames": self.declared_frames,
             "fps_known": probe["fps_known"],
         }
-        width, height = self.size or self.native_size
         #: The stream, declared before the run (carried by its StreamStart and frames).
-        self.info = StreamInfo(
-            self.stream,
-            "video",
-            self.rate,
-            (height, width, 3),
-            np.dtype(np.uint8),
-            live=False,
-            total_frames=self.total_frames,
-        )
+        size = self.size or self.native_size
+        self.info = StreamInfo.video(self.stream, self.rate, size, total_frames=self.total_frames)
         self._pacer = Pacer(clock, options.pace, options.speed)
         self._worker = Worker(self.name, clock)
         self._cap: Any = None
