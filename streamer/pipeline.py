@@ -158,7 +158,7 @@ class Pipeline:
         # A live device's media time starts only with its first frame; one that never
         # connects (or stays away) must not keep the run going past the duration for ever.
         limit = None
-        if self.duration is not None and getattr(source, "live", False):
+        if self.duration is not None and any(info.live for info in source.streams):
             limit = self.duration + float(getattr(source, "timeout", 0.0))
         try:
             async with asyncio.timeout(limit):

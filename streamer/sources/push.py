@@ -182,7 +182,6 @@ class PushSource(GeneratorSource):
     shape unknown.
     """
 
-    live = True  # a device: frames come when it makes them, not when read
     name: str
     stream: str
     media: Literal["audio", "video"]
