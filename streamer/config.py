@@ -71,7 +71,8 @@ class SourceConfig(_Section):
 
 
 class SmoothingConfig(_Section):
-    """``[model] smoothing``: hysteresis on a target label's score, minimum durations (s)."""
+    """``[model] smoothing``: hysteresis on a target label's score, minimum durations (s),
+    segment padding (``pad``, s: Silero VAD's ``speech_pad_ms``)."""
 
     on: Annotated[Float, Field(ge=0)] | None = None
     off: Annotated[Float, Field(ge=0)] | None = None
@@ -82,6 +83,7 @@ class SmoothingConfig(_Section):
     segment_labels: list[Str] | None = None
     emit_frames: Bool = True
     emit_segments: Bool = True
+    pad: Annotated[Float, Field(ge=0, le=3600)] = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> SmoothingConfig:

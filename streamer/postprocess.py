@@ -3,7 +3,8 @@ durations, and ``segment`` outputs. Synchronous, per stream, incremental.
 
 :class:`Labeler` picks a label from one output's scores (heads use it). :class:`Smoother`
 takes a stream's outputs in order (``frame``, ``window`` or ``sequence`` outputs) and
-returns them relabelled, plus a ``segment`` output each time a run of one label ends.
+returns them relabelled, plus a ``segment`` output each time a run of one label ends
+(padded, with ``pad``, by Silero VAD's ``speech_pad_ms`` rule: :class:`_Padder`).
 Times come from the media time each output covers (its ``t0``/``t1``, which heads fill in
 from their steps), or, for an output without them, ``pts`` and ``frame_duration``. It
 handles one output at a time, so the result does not depend on how the outputs were
@@ -105,9 +106,24 @@ class Smoother:
     first output's start, ``t1`` the last output's end (so with overlapping windows,
     adjacent segments overlap as their windows do), ``pts`` and ``captured`` those of the
     last output, ``scores`` the mean of the outputs' scores.
-    With ``segment_labels``, only runs of those labels make segments. A segment comes
-    before the first output of the next run; it is returned ``max(min_on, min_off)`` after
-    its last frame at most.
+    With ``segment_labels``, only runs of those labels make segments. With ``pad = 0`` a
+    segment comes before the first output of the next run; it is returned
+    ``max(min_on, min_off)`` after its last frame at most.
+
+    ``pad`` (seconds) widens each segment as Silero VAD's ``speech_pad_ms`` does in
+    ``get_speech_timestamps``: ``t0 - pad`` and ``t1 + pad``, but no earlier than the
+    stream's start (the first output's start since :meth:`reset`) and no later than its end
+    (the last output's end, at :meth:`end` or :meth:`gap`); when two segments are less than
+    ``2 * pad`` apart (unpadded edge to unpadded edge) each takes half the gap, so they meet
+    in its middle; segments that already overlap (overlapping windows) are not moved. So
+    ``pad`` acts only with ``segment_labels`` (otherwise neighbouring segments touch). Only
+    ``t0``/``t1`` change: ``start``/``end`` stay the unpadded run's frame indices. A
+    segment's padded end is known only when the next segment starts or the decided outputs
+    reach ``2 * pad`` past its end, so padding **delays segments** by up to ``2 * pad`` of
+    media more (rounded up to whole outputs), never frames. Segments still come in order;
+    a padded segment comes before the first output of the next segment's run and before
+    the first output starting ``2 * pad`` or more after its end, but may come after some
+    outputs of the run that follows it (of a label not in ``segment_labels``).
     """
 
     def __init__(
@@ -123,11 +139,14 @@ class Smoother:
         segment_labels: Collection[str] | None = None,
         emit_frames: bool = True,
         emit_segments: bool = True,
+        pad: float = 0.0,
     ) -> None:
         if frame_duration <= 0:
             raise ValueError(f"frame_duration must be > 0 seconds, not {frame_duration}")
         if min_on < 0 or min_off < 0:
             raise ValueError(f"min_on and min_off must be >= 0 seconds, got {min_on}, {min_off}")
+        if not pad >= 0:  # also refuses NaN
+            raise ValueError(f"pad must be >= 0 seconds, not {pad}")
         if on is None and off is not None:
             raise ValueError("hysteresis: 'off' needs 'on'")
         if on is not None and off is not None and off > on:
@@ -144,6 +163,7 @@ class Smoother:
         self.segment_labels = None if segment_labels is None else frozenset(segment_labels)
         self.emit_frames = emit_frames
         self.emit_segments = emit_segments
+        self.pad = pad
         self.reset()
 
     def reset(self) -> None:
@@ -153,6 +173,7 @@ class Smoother:
         self._candidate: str | None = None
         self._pending: list[Output] = []
         self._run: _Run | None = None
+        self._padder = _Padder(self.pad) if self.pad > 0 else None
 
     @property
     def confirmed(self) -> str:
@@ -163,6 +184,8 @@ class Smoother:
         """Take the next outputs (in stream order); return those now decided, and segments."""
         out: list[Output] = []
         for output in outputs:
+            if self._padder is not None:
+                self._padder.covers(self._start_of(output), self._end_of(output))
             self._one(output, self._raw_label(output), out)
         return out
 
@@ -178,6 +201,8 @@ class Smoother:
         out: list[Output] = []
         self._flush_pending(out)
         self._close_run(out)
+        if self._padder is not None:
+            self._padder.end(out)
         self.reset()
         return out
 
@@ -233,6 +258,9 @@ class Smoother:
         if run is not None and run.label != label:
             self._close_run(out)
             run = None
+        if self._padder is not None:
+            starts_segment = run is None and self._segments(label)
+            self._padder.decided(self._start_of(output), starts_segment, out)
         if run is None:
             self._run = _Run(label, output, output, dict.fromkeys(output.scores, 0.0), 0)
             run = self._run
@@ -245,23 +273,118 @@ class Smoother:
                 output if output.label == label else dataclasses.replace(output, label=label)
             )
 
+    def _segments(self, label: str) -> bool:
+        """Whether runs of ``label`` make segments."""
+        return self.emit_segments and (self.segment_labels is None or label in self.segment_labels)
+
     def _close_run(self, out: list[Output]) -> None:
         run, self._run = self._run, None
-        if run is None or not self.emit_segments:
+        if run is None or not self._segments(run.label):
             return
-        if self.segment_labels is not None and run.label not in self.segment_labels:
-            return
-        out.append(
-            Output(
-                stream=run.last.stream,
-                kind="segment",
-                start=run.first.start,
-                end=run.last.end,
-                pts=run.last.pts,
-                label=run.label,
-                scores={key: total / run.count for key, total in run.sums.items()},
-                captured=run.last.captured,
-                t0=self._start_of(run.first),
-                t1=self._end_of(run.last),
-            )
+        t0, t1 = self._start_of(run.first), self._end_of(run.last)
+        segment = Output(
+            stream=run.last.stream,
+            kind="segment",
+            start=run.first.start,
+            end=run.last.end,
+            pts=run.last.pts,
+            label=run.label,
+            scores={key: total / run.count for key, total in run.sums.items()},
+            captured=run.last.captured,
+            t0=t0,
+            t1=t1,
         )
+        if self._padder is None:
+            out.append(segment)
+        else:
+            self._padder.closed(segment, t0, t1, out)
+
+
+class _Padder:
+    """Silero's ``speech_pad_ms`` over a stream's segments, as they close (for
+    :class:`Smoother`, ``pad > 0``).
+
+    ``get_speech_timestamps`` pads each speech ``[start, end)`` by ``pad`` on both sides,
+    the first start clamped at 0 and the last end at the audio's length; when the silence
+    between two speeches is shorter than ``2 * pad`` (unpadded edges, ``<``), each side
+    takes ``silence // 2`` samples instead. Here in float seconds both take the gap's
+    middle (Silero's gaps are whole chunks, an even number of samples: the same edges),
+    and a negative gap (overlapping segments) moves neither edge.
+
+    A closed segment's start is padded at once (the previous segment's end is known); it
+    is *held* until its end is: the next segment's run starts, an output starting
+    ``2 * pad`` or more after it is decided (outputs start in order, so no later segment
+    can come closer), or the stream ends.
+    """
+
+    def __init__(self, pad: float) -> None:
+        self.pad = pad
+        self._stream_t0: float | None = None  # the first output's start
+        self._stream_t1: float | None = None  # the latest output end seen
+        self._last_t1: float | None = None  # the previous segment's unpadded end
+        self._last_end: float | None = None  # and its padded end, once released
+        self._held: Output | None = None  # a segment whose padded end is not known yet
+        self._held_t1 = 0.0  # its unpadded end
+
+    def covers(self, t0: float, t1: float) -> None:
+        """An output over media ``[t0, t1]`` was pushed."""
+        if self._stream_t0 is None:
+            self._stream_t0 = t0
+        self._stream_t1 = t1 if self._stream_t1 is None else max(self._stream_t1, t1)
+
+    def decided(self, t0: float, starts_segment: bool, out: list[Output]) -> None:
+        """An output starting at ``t0`` was decided; ``starts_segment``: it begins a run
+        that will make a segment (whose unpadded start is ``t0``)."""
+        if self._held is None:
+            return
+        if starts_segment:
+            self._release(self._end_before(self._held_t1, t0), out)
+        elif self._far(self._held_t1, t0):
+            self._release(self._held_t1 + self.pad, out)
+
+    def closed(self, segment: Output, t0: float, t1: float, out: list[Output]) -> None:
+        """A segment over ``[t0, t1]`` (unpadded) closed: pad its start and hold it."""
+        if self._held is not None:  # not reached: the run of ``segment`` released it
+            self._release(self._end_before(self._held_t1, t0), out)
+        if self._last_t1 is None or self._far(self._last_t1, t0):
+            start = t0 - self.pad
+        else:
+            start = min(t0, self._middle(self._last_t1, t0))
+        for floor in (self._stream_t0, self._last_end):
+            if floor is not None:
+                start = max(start, min(t0, floor))
+        self._last_t1 = self._held_t1 = t1
+        self._held = dataclasses.replace(segment, t0=start)
+
+    def end(self, out: list[Output]) -> None:
+        """The stream ends (or has a gap): the held segment ends at most where it does."""
+        if self._held is None:
+            return
+        t1 = self._held_t1
+        end = t1 + self.pad
+        if self._stream_t1 is not None:
+            end = min(end, max(t1, self._stream_t1))
+        self._release(end, out)
+
+    def _end_before(self, t1: float, next_t0: float) -> float:
+        """The padded end of a segment ending at ``t1`` followed by one at ``next_t0``."""
+        if self._far(t1, next_t0):
+            return t1 + self.pad
+        return max(t1, self._middle(t1, next_t0))
+
+    def _far(self, t1: float, t0: float) -> bool:
+        """Whether a segment starting at ``t0`` is ``2 * pad`` or more after one ending at
+        ``t1`` (Silero: not ``silence < 2 * pad``), with :data:`EPS` slack for float
+        times: then both get the whole ``pad``."""
+        return t0 - t1 >= 2 * self.pad - EPS
+
+    @staticmethod
+    def _middle(t1: float, t0: float) -> float:
+        """The middle of the gap from ``t1`` to ``t0``: where both padded edges meet."""
+        return t1 + (t0 - t1) / 2
+
+    def _release(self, t1: float, out: list[Output]) -> None:
+        if self._held is not None:
+            out.append(dataclasses.replace(self._held, t1=t1))
+            self._last_end = t1
+        self._held = None

@@ -144,6 +144,14 @@ CASES: dict[str, tuple[Callable[[Path], dict[str, Any]], tuple[str, ...]]] = {
         lambda w: model_pipeline(w, smoothing={"onn": 0.6}),
         ("onn",),
     ),
+    "smoothing-pad-negative": (
+        lambda w: model_pipeline(w, smoothing={"pad": -0.03}),
+        ("smoothing.pad",),
+    ),
+    "smoothing-pad-not-number": (
+        lambda w: model_pipeline(w, smoothing={"pad": "30ms"}),
+        ("smoothing.pad",),
+    ),
     "feature-option-of-the-source": (
         lambda w: model_pipeline(w, feature_options={"rate": 8000}),
         ("feature_options", "rate"),
