@@ -31,7 +31,7 @@ test: APT_PACKAGES := $(TEST_APT_PACKAGES)
 test: system-deps $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check streamer tests scripts benchmarks
+	$(BIN)/ruff check streamer pipelines tests scripts benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -172,6 +172,8 @@ def call_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> object:
         raise InputError(f"factory '{spec}' is a {type(target).__name__}, not callable")
     try:
         return target(**dict(kwargs or {}))
+    except InputError:  # the factory's own one-line refusal (a missing weights file, say)
+        raise
     except Exception as exc:
         raise InputError(f"factory '{spec}' raised {type(exc).__name__}: {_line(exc)}") from exc
 
