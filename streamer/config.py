@@ -72,7 +72,8 @@ class SourceConfig(_Section):
 
 class SmoothingConfig(_Section):
     """``[model] smoothing``: hysteresis on a target label's score, minimum durations (s),
-    segment padding (``pad``, s: Silero VAD's ``speech_pad_ms``)."""
+    segment padding (``pad``, s: Silero VAD's ``speech_pad_ms``); with ``per_label``, each
+    label's own segments (multi-label taggers, see :mod:`streamer.labelwise`)."""
 
     on: Annotated[Float, Field(ge=0)] | None = None
     off: Annotated[Float, Field(ge=0)] | None = None
@@ -84,9 +85,18 @@ class SmoothingConfig(_Section):
     emit_frames: Bool = True
     emit_segments: Bool = True
     pad: Annotated[Float, Field(ge=0, le=3600)] = 0.0
+    per_label: Bool = False
+    hysteresis: Annotated[Float, Field(ge=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SmoothingConfig:
+        if self.per_label and (self.off is not None or self.target is not None):
+            raise ValueError(
+                "per_label: each label turns on at its threshold and off 'hysteresis' below"
+                " it; 'off' and 'target' are for one label's hysteresis"
+            )
+        if self.hysteresis is not None and not self.per_label:
+            raise ValueError("'hysteresis' is for per_label = true; one label uses 'on'/'off'")
         if self.off is not None and self.on is None:
             raise ValueError("'off' needs 'on' (hysteresis turns on at 'on', off below 'off')")
         if self.on is not None and self.off is not None and self.off > self.on:
@@ -122,9 +132,14 @@ class PixelsOptions(_Section):
     ) = None
     rgb: Bool = True
     mean: tuple[Float, Float, Float] | None = None
-    std: tuple[
-        Annotated[Float, Field(gt=0)], Annotated[Float, Field(gt=0)], Annotated[Float, Field(gt=0)]
-    ] | None = None
+    std: (
+        tuple[
+            Annotated[Float, Field(gt=0)],
+            Annotated[Float, Field(gt=0)],
+            Annotated[Float, Field(gt=0)],
+        ]
+        | None
+    ) = None
 
 
 FEATURE_OPTIONS: dict[str, type[_Section]] = {
@@ -220,8 +235,7 @@ class ModelConfig(_Section):
             if error["type"] == "extra_forbidden":
                 takes = ", ".join(kind.model_fields) or "no options"
                 raise ValueError(
-                    f"feature_options: '{self.features}' takes no option '{key}' (it takes"
-                    f" {takes})"
+                    f"feature_options: '{self.features}' takes no option '{key}' (it takes {takes})"
                 ) from None
             raise ValueError(
                 f"feature_options.{key}: {_message(error)} (got {error.get('input')!r})"
@@ -237,9 +251,7 @@ class ModelConfig(_Section):
                     f"end_token: {self.end_token!r} is not in the vocabulary (labels {labels})"
                 )
             if "activation" in given or self.thresholds or self.smoothing:
-                key = next(
-                    k for k in ("activation", "thresholds", "smoothing") if k in given
-                )
+                key = next(k for k in ("activation", "thresholds", "smoothing") if k in given)
                 raise ValueError(f"{key}: the generate head picks tokens; it takes no {key}")
             if self.lookahead:
                 raise ValueError("lookahead: the generate head takes no lookahead")

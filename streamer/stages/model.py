@@ -50,6 +50,7 @@ from streamer.errors import InputError
 from streamer.features import Features, Step, make_features
 from streamer.frames import Frame, Gap, Media, Output, StreamEnd, StreamStart
 from streamer.heads import GenerateHead, Head, make_head
+from streamer.labelwise import LabelwiseSmoother
 from streamer.models import State, StatefulModel, StateStore, step_batch
 from streamer.postprocess import Labeler, Smoother
 from streamer.stages.model_checks import check_head_settings, check_input, find_embedder
@@ -90,7 +91,7 @@ class _Stream:
     features: Features
     head: Head | None
     generator: GenerateHead[State] | None
-    smoother: Smoother | None
+    smoother: Smoother | LabelwiseSmoother | None
     pending_x: list[Tensor] = field(default_factory=list)
     pending_steps: list[Step] = field(default_factory=list)
     waiting: deque[Step] = field(default_factory=deque)
@@ -303,7 +304,7 @@ class ModelStage:
             options = dict(s.smoothing)
             default = options.pop("default", s.labels[0])
             try:
-                smoother = Smoother(default, frame_duration=duration, **options)
+                smoother = self._smoother(s, default, duration, options)
             except (TypeError, ValueError) as exc:
                 raise InputError(f"[model.smoothing]: {exc}") from None
         if features.step_duration is not None:
@@ -314,6 +315,26 @@ class ModelStage:
         self._streams[stream] = ctx
         self.store.start(stream, self.clock.now())
         return ctx
+
+    @staticmethod
+    def _smoother(
+        s: ModelSettings, default: str, duration: float, options: dict[str, Any]
+    ) -> Smoother | LabelwiseSmoother:
+        """``[model.smoothing]``'s smoother: one label sequence, or each label's own."""
+        per_label = options.pop("per_label", False)
+        hysteresis = options.pop("hysteresis", None) or 0.0
+        if not per_label:
+            return Smoother(default, frame_duration=duration, **options)
+        on = options.pop("on", None)
+        labels = options.pop("segment_labels", None) or [x for x in s.labels if x != default]
+        thresholds = s.thresholds or {}
+        fallback = 0.5 if on is None else on
+        return LabelwiseSmoother(
+            {label: thresholds.get(label, fallback) for label in labels},
+            frame_duration=duration,
+            hysteresis=hysteresis,
+            **options,
+        )
 
     def _ctx(self, frame: Frame) -> _Stream:
         ctx = self._streams.get(frame.stream)
@@ -355,9 +376,7 @@ class ModelStage:
     async def _invalid(self, frame: Frame, outbox: Channel[Any]) -> None:
         """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``)."""
         if self.settings.on_invalid == "error":
-            raise InputError(
-                f"stream '{frame.stream}' frame {frame.index} holds NaN or Inf"
-            )
+            raise InputError(f"stream '{frame.stream}' frame {frame.index} holds NaN or Inf")
         log.warning(
             "stage '%s': stream '%s' frame %d holds NaN or Inf: dropped (a gap)",
             self.name,
