@@ -46,7 +46,8 @@ class SileroVAD16k(nn.Module):
 
     ``chunk(x [B, 576], state [2, B, 128]) -> (p [B, 1], state)`` is one step (64 samples of
     context + 512 new ones); ``forward(x [B, T, 576], state | None) -> (y [B, T, 1], state)``
-    is T steps (the convolutions run on all T chunks at once, the cell step by step).
+    is T steps (the convolutions run on all T chunks at once, the cell's recurrence in
+    torch's fused LSTM).
     ``state`` stacks the cell's ``h`` and ``c``; zeros are a fresh start.
     """
 
@@ -99,14 +100,18 @@ class SileroVAD16k(nn.Module):
         batch, steps = x.shape[0], x.shape[1]
         if state is None:
             state = self.initial_state(batch)
+        if steps == 1:  # one chunk: the cell itself, as Silero steps it
+            p, state = self.chunk(x[:, 0], state)
+            return p.unsqueeze(1), state
         features = self.encode(x.reshape(batch * steps, x.shape[2])).reshape(batch, steps, -1)
-        h, c = state[0], state[1]
-        outputs = []
-        for t in range(steps):
-            h, c = self.rnn(features[:, t], (h, c))
-            outputs.append(h)
-        y = self.decode(torch.stack(outputs, dim=1).reshape(batch * steps, HIDDEN))
-        return y.reshape(batch, steps, 1), torch.stack([h, c])
+        # the cell's own weights through torch's fused LSTM: the loop over steps runs in
+        # C++ (about 8x faster than stepping the cell from Python; equal within 1e-6)
+        cell = self.rnn
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]
+        hc = (state[0].unsqueeze(0).contiguous(), state[1].unsqueeze(0).contiguous())
+        out, h, c = torch.lstm(features, hc, weights, True, 1, 0.0, False, False, True)
+        y = self.decode(out.reshape(batch * steps, HIDDEN))
+        return y.reshape(batch, steps, 1), torch.stack([h[0], c[0]])
 
 
 def import_silero_vad() -> ModuleType:
