@@ -20,6 +20,7 @@ from streamer.config import (
     JsonlSinkConfig,
     PipelineConfig,
     SourceConfig,
+    VideoSinkConfig,
     with_overrides,
 )
 from streamer.errors import InputError
@@ -48,6 +49,8 @@ class Overrides:
     pace: str | None = None
     speed: float | None = None
     quiet: bool = False
+    video_out: str | None = None
+    preview: bool = False
     origin: str = "command line"
 
 
@@ -99,21 +102,47 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
             jsonl[0]["path"] = overrides.out
         else:
             sinks.append({"type": "jsonl", "path": overrides.out})
+    video = [s for s in sinks if s["type"] == "video"]
+    if overrides.video_out is not None or overrides.preview:
+        if not video:
+            sinks.append({"type": "video"})
+            video = sinks[-1:]
+        if overrides.video_out is not None:
+            video[0]["path"] = overrides.video_out
+        if overrides.preview:
+            video[0]["preview"] = True
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
     changes[("sinks", "")] = sinks
     return with_overrides(config, changes, overrides.origin, flags)
 
 
+def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
+    """How errors name each sink: the flag that made or changed it (``--out``,
+    ``--video-out``, ``--preview``), else ``[[sinks]] #N``."""
+    names: list[str] = []
+    out_named = video_named = False
+    for number, sink in enumerate(config.sinks, start=1):
+        name = f"[[sinks]] #{number}"
+        if isinstance(sink, JsonlSinkConfig) and not out_named and overrides.out is not None:
+            if sink.path == overrides.out:
+                name, out_named = "--out", True
+        elif isinstance(sink, VideoSinkConfig) and not video_named:
+            if overrides.video_out is not None and sink.path == overrides.video_out:
+                name, video_named = "--video-out", True
+            elif overrides.preview and sink.preview and sink.path is None:
+                name, video_named = "--preview", True
+        names.append(name)
+    return names
+
+
 def output_paths(config: PipelineConfig, overrides: Overrides) -> list[tuple[str, Path]]:
     """Every file the run will write, named as the user gave it (flag or sink key)."""
     named: list[tuple[str, Path]] = []
-    out_named = False
-    for number, sink in enumerate(config.sinks, start=1):
-        if isinstance(sink, JsonlSinkConfig):
-            use_flag = overrides.out is not None and not out_named and sink.path == overrides.out
-            out_named = out_named or use_flag
-            named.append(("--out" if use_flag else f"[[sinks]] #{number} path", Path(sink.path)))
+    for name, sink in zip(sink_names(config, overrides), config.sinks, strict=True):
+        path = getattr(sink, "path", None)
+        if isinstance(sink, JsonlSinkConfig | VideoSinkConfig) and path is not None:
+            named.append((name if name.startswith("--") else f"{name} path", Path(path)))
     return named
 
 
@@ -182,8 +211,11 @@ def stream_ids(source: Source) -> list[str]:
     return [info.stream for info in source.streams]
 
 
-def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeline:
-    """Open the sources, make the stages and sinks; raises InputError on bad input."""
+def build_pipeline(
+    config: PipelineConfig, clock: Clock | None = None, names: list[str] | None = None
+) -> Pipeline:
+    """Open the sources, make the stages and sinks; raises InputError on bad input.
+    ``names``: how errors name each sink (:func:`sink_names`; default ``[[sinks]] #N``)."""
     clock = clock or RealClock()
     mode = config.run.mode
     sources = open_sources(config, clock)
@@ -193,7 +225,8 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
     if isinstance(stage, ModelStage):
         metrics.reporters.append(stage.report)
     sinks: list[Sink] = []
-    for sink_config in config.sinks:
+    names = names or [f"[[sinks]] #{n}" for n in range(1, len(config.sinks) + 1)]
+    for name, sink_config in zip(names, config.sinks, strict=True):
         if isinstance(sink_config, ConsoleSinkConfig):
             console = ConsoleSink(every=sink_config.every)
             if mode == "offline":
@@ -203,6 +236,8 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
             sinks.append(console)
         elif isinstance(sink_config, JsonlSinkConfig):
             sinks.append(JsonlSink(Path(sink_config.path)))
+        elif isinstance(sink_config, VideoSinkConfig):
+            sinks.append(_video_sink(sink_config, name, sources, mode, clock))
     return Pipeline(
         sources,
         stages,
@@ -214,6 +249,47 @@ def build_pipeline(config: PipelineConfig, clock: Clock | None = None) -> Pipeli
         source_capacity=config.run.queue,
         metrics=metrics,
         fail_fast=config.run.fail_fast,
+    )
+
+
+def _video_sink(
+    config: VideoSinkConfig, name: str, sources: list[Source], mode: str, clock: Clock
+) -> Sink:
+    """A video sink of the stream it names, or of the first video stream declared."""
+    from streamer.sinks.video import VideoSink, check_display, check_video_path
+
+    flag = name.startswith("--")
+    path = Path(config.path) if config.path is not None else None
+    if path is not None:
+        check_video_path(path, name if flag else f"{name} path", config.codec)
+    if config.preview:
+        check_display(name if flag else f"{name} preview")
+    infos = [info for source in sources for info in source.streams]
+    video = [info for info in infos if info.media == "video"]
+    what = name if flag else f"{name} (video{f', {path}' if path else ''})"
+    if not video:
+        audio = ", ".join(f"'{info.stream}'" for info in infos)
+        raise InputError(
+            f"{what}: the sources deliver no video stream (only audio: {audio}); a video"
+            " sink draws on video frames"
+        )
+    if config.stream is not None and config.stream not in {info.stream for info in video}:
+        known = ", ".join(f"'{info.stream}'" for info in video)
+        raise InputError(
+            f"{what}: stream '{config.stream}' is not a video stream of the sources"
+            f" (video streams: {known})"
+        )
+    info = next(info for info in video if config.stream in (None, info.stream))
+    return VideoSink(
+        path,
+        info.stream,
+        wait=mode != "realtime",
+        fps=config.fps or (info.rate if info.rate > 0 else None),
+        codec=config.codec,
+        preview=config.preview,
+        max_buffer_mb=config.max_buffer_mb,
+        clock=clock,
+        where=what,
     )
 
 

@@ -146,6 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--mode", choices=["realtime", "online", "offline"])
     run.add_argument("--out", help="write outputs as JSON Lines to this file")
+    run.add_argument(
+        "--video-out",
+        metavar="FILE",
+        help="write the video with each frame's label, scores and latency drawn on"
+        " (.mp4: mp4v, .avi: MJPG, .webm: VP8)",
+    )
+    run.add_argument(
+        "--preview",
+        action="store_true",
+        help="show the annotated video in a window (needs a display)",
+    )
     run.add_argument("--duration", type=float, help="stop after S seconds of media time")
     run.add_argument("--max-frames", type=int, help="stop after N input frames")
     run.add_argument("--metrics", help="write the run summary as JSON to this file")
@@ -223,11 +234,20 @@ def _run(args: argparse.Namespace) -> int:
         apply_overrides,
         input_paths,
         output_paths,
+        sink_names,
     )
     from streamer.config import load_config, parse_config
     from streamer.ready import resolve_pipeline
     from streamer.safety import check_outputs, check_writable
 
+    if args.preview:
+        from streamer.sinks.video import check_display
+
+        check_display("--preview")
+    if args.video_out is not None:
+        from streamer.sinks.video import check_video_path
+
+        check_video_path(Path(args.video_out), "--video-out")
     uris = [*(args.source or []), *(_read_sources(args.sources) if args.sources else [])]
     if args.pipeline is None and not uris:
         raise InputError("run: give a pipeline file or --source URI (see streamer run --help)")
@@ -245,6 +265,8 @@ def _run(args: argparse.Namespace) -> int:
         pace=args.pace,
         speed=args.speed,
         quiet=args.quiet,
+        video_out=args.video_out,
+        preview=args.preview,
         origin=args.pipeline or "--source",
     )
     config = apply_overrides(config, overrides)
@@ -256,7 +278,8 @@ def _run(args: argparse.Namespace) -> int:
     check_outputs(input_paths(config, args.pipeline), outputs)
     summary: dict[str, Any] = {}
     try:
-        return asyncio.run(_run_pipeline(_build(config, args.pipeline), summary))
+        pipeline = _build(config, args.pipeline, sink_names(config, overrides))
+        return asyncio.run(_run_pipeline(pipeline, summary))
     finally:
         if metrics_path is not None and summary:
             metrics_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -276,12 +299,12 @@ def _read_sources(path: str) -> list[str]:
     return uris
 
 
-def _build(config: Any, pipeline_file: str | None) -> Pipeline:
+def _build(config: Any, pipeline_file: str | None, names: list[str] | None = None) -> Pipeline:
     """Build the pipeline; an error about a key also names the pipeline file it is in."""
     from streamer.build import build_pipeline
 
     try:
-        return build_pipeline(config)
+        return build_pipeline(config, names=names)
     except InputError as exc:
         message = str(exc)
         if pipeline_file is not None and message.startswith(("[", "stage '")):

@@ -311,7 +311,30 @@ class JsonlSinkConfig(_Section):
     path: Annotated[Str, Field(min_length=1)]
 
 
-SinkConfig = Annotated[ConsoleSinkConfig | JsonlSinkConfig, Field(discriminator="type")]
+class VideoSinkConfig(_Section):
+    """``type = "video"``: the input frames of one video stream with their labels drawn on
+    (see :mod:`streamer.sinks.video`), written to ``path`` and/or shown (``preview``)."""
+
+    type: Literal["video"]
+    path: Annotated[Str, Field(min_length=1)] | None = None
+    stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
+    fps: Annotated[Float, Field(gt=0, le=1000)] | None = None
+    codec: Literal["mp4v", "MJPG", "VP80"] | None = None
+    preview: Bool = False
+    max_buffer_mb: Annotated[Float, Field(gt=0, le=1 << 20)] = 512.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VideoSinkConfig:
+        if self.path is None and not self.preview:
+            raise ValueError(
+                "path: a video sink writes a file (path = ...) or shows a window (preview = true)"
+            )
+        return self
+
+
+SinkConfig = Annotated[
+    ConsoleSinkConfig | JsonlSinkConfig | VideoSinkConfig, Field(discriminator="type")
+]
 
 
 class PipelineConfig(_Section):
@@ -421,7 +444,7 @@ def _flag_error(flag: str, error: Any) -> InputError:
 def describe_error(exc: ValidationError) -> str:
     """The first validation problem as one line: where (section and key) and what."""
     error = exc.errors()[0]
-    loc = [part for part in error["loc"] if part not in ("console", "jsonl")]
+    loc = [part for part in error["loc"] if part not in ("console", "jsonl", "video")]
     # pydantic names the branch of an optional field ("constrained-float"...): drop it
     loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("constr")))]
     where = _where(loc)

@@ -12,6 +12,14 @@ Stop: :meth:`Pipeline.stop` drains (sources stop, queued work finishes, sinks cl
 :meth:`Pipeline.abort` cancels at once (sinks are still closed). A sink whose pipe's reader
 has gone (``BrokenPipeError``) gets no more outputs and stops the run like a drain.
 Metrics count an output once every sink is done with it.
+
+Frame tap: a :class:`~streamer.sinks.base.FrameSink` (the annotated video) also gets the
+input frames and markers of its streams, copied by the source pumps right after each
+item enters the first edge, over a bounded channel ``tap>SINK`` of its own: ``latest`` in
+realtime (a slow encoder loses frames of the video, counted as that edge's drops, never
+holding up the source), ``block`` otherwise (every frame is written; the sink never waits
+for an output while its tap is full, so this cannot deadlock). The sink reads it in its
+own task, and is closed once both that task and its outputs are done.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from streamer.clock import Clock, RealClock
 from streamer.errors import StageError, StreamerError
 from streamer.frames import Frame, Output, StreamEnd, StreamStart
 from streamer.metrics import Metrics
-from streamer.sinks.base import Sink
+from streamer.sinks.base import FrameSink, Sink
 from streamer.sources.base import Source
 from streamer.stages.base import Stage
 
@@ -38,6 +46,8 @@ MODES: tuple[Mode, ...] = ("realtime", "online", "offline")
 #: Capacity of the lossless edges (frames or outputs in flight per edge).
 BLOCK_CAPACITY: dict[Mode, int] = {"realtime": 64, "online": 64, "offline": 1024}
 SINK_CAPACITY = 256
+#: Capacity of a frame tap (frames and markers on their way to a frame sink).
+TAP_CAPACITY = 8
 
 
 @dataclass
@@ -74,6 +84,8 @@ class Pipeline:
         self._undelivered: deque[Output] = deque()
         self._sink_counts = [0] * len(self.sinks)
         self._counted = 0
+        # Frame taps: (frame sink, its channel), filled by run().
+        self._taps: list[tuple[FrameSink, Channel[Any]]] = []
 
     # -- control -----------------------------------------------------------------------
     def stop(self, reason: str = "stopped") -> None:
@@ -122,12 +134,26 @@ class Pipeline:
         sink_edges: list[Channel[Output]] = [
             Channel(f"fanout>{sink.name}", SINK_CAPACITY, "block") for sink in self.sinks
         ]
-        metrics.channels.extend([*edges, *sink_edges])
+        self._taps = [
+            (sink, Channel(f"tap>{sink.name}", TAP_CAPACITY, policy, producers=len(self.sources)))
+            for sink in self.sinks
+            if isinstance(sink, FrameSink)
+        ]
+        taps = {id(sink): (sink, tap) for sink, tap in self._taps}
+        metrics.channels.extend([*edges, *sink_edges, *(tap for _sink, tap in self._taps)])
         metrics.start()
         try:
             async with asyncio.TaskGroup() as group:
                 for number, (sink, edge) in enumerate(zip(self.sinks, sink_edges, strict=True)):
-                    group.create_task(_named(sink.name, self._pump_sink(number, sink, edge)))
+                    frames = None
+                    if id(sink) in taps:
+                        frame_sink, tap = taps[id(sink)]
+                        frames = group.create_task(
+                            _named(sink.name, self._pump_frames(frame_sink, tap))
+                        )
+                    group.create_task(
+                        _named(sink.name, self._pump_sink(number, sink, edge, frames))
+                    )
                 group.create_task(_named("fanout", self._fan_out(edges[-1], sink_edges)))
                 for stage, stage_in, stage_out in zip(
                     self.stages, edges[:-1], edges[1:], strict=True
@@ -180,6 +206,8 @@ class Pipeline:
             await self._end_streams(outbox, open_streams, "error")
         finally:
             outbox.close()
+            for _sink, tap in self._taps:
+                tap.close()
             await source.aclose()
 
     async def _pump_items(
@@ -213,6 +241,9 @@ class Pipeline:
             if isinstance(item, Frame):
                 self._frames_in += 1
                 open_streams[item.stream] = item.index + 1
+            for sink, tap in self._taps:
+                if item.stream in sink.frame_streams:
+                    await tap.send(item)
 
     @staticmethod
     async def _end_streams(
@@ -266,9 +297,26 @@ class Pipeline:
             for edge in sink_edges:
                 edge.close()
 
-    async def _pump_sink(self, number: int, sink: Sink, inbox: Channel[Output]) -> None:
-        """Hand each output to ``sink``. A sink whose pipe's reader is gone (``| head``)
-        gets no more outputs and stops the run (a drain, like Ctrl-C)."""
+    @staticmethod
+    async def _pump_frames(sink: FrameSink, tap: Channel[Any]) -> None:
+        """Run a frame sink's frame loop; like a stage, it must read its tap to the end."""
+        try:
+            await sink.run_frames(tap)
+            if not tap.drained:
+                raise RuntimeError(f"run_frames() returned before '{tap.name}' ended")
+        finally:
+            tap.close_receiver()
+
+    async def _pump_sink(
+        self,
+        number: int,
+        sink: Sink,
+        inbox: Channel[Output],
+        frames: asyncio.Task[None] | None = None,
+    ) -> None:
+        """Hand each output to ``sink``; close it once its frame task (``frames``, for a
+        frame sink) is done too. A sink whose pipe's reader is gone (``| head``) gets no
+        more outputs and stops the run (a drain, like Ctrl-C)."""
         broken = False
         try:
             async for output in inbox:
@@ -284,6 +332,8 @@ class Pipeline:
                     raise
                 self._delivered(number)
         finally:
+            if frames is not None:
+                await asyncio.wait([frames])  # its failure is the TaskGroup's to report
             await sink.aclose()
 
     def _delivered(self, number: int) -> None:

@@ -86,7 +86,9 @@ def check_writable(path: Path, name: str | None = None) -> None:
     if path.is_dir():
         raise InputError(f"{where}: cannot write output: it is a folder")
     target = path if path.exists() else parent
-    if not os.access(target, os.W_OK):
+    # the ids the process writes with (a set-uid tool, or a test dropping root's rights)
+    effective = os.access in os.supports_effective_ids
+    if not os.access(target, os.W_OK, effective_ids=effective):
         raise InputError(f"{where}: cannot write output: permission denied")
 
 

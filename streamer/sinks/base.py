@@ -1,10 +1,14 @@
-"""The sink interface."""
+"""The sink interface, and the frame tap of sinks that also need the input frames."""
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from streamer.frames import Output
+
+if TYPE_CHECKING:
+    from streamer.channels import Channel
+    from streamer.frames import Frame, Marker
 
 
 @runtime_checkable
@@ -17,3 +21,18 @@ class Sink(Protocol):
     async def send(self, output: Output) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class FrameSink(Sink, Protocol):
+    """A sink that also sees the input frames of ``frame_streams`` (the annotated video).
+
+    The pipeline's source pumps copy those streams' frames and markers into a bounded
+    channel (the frame tap) that ``run_frames`` reads to its end, as its own task; the
+    sink's outputs still come through ``send``. ``aclose`` is called once ``run_frames``
+    has returned (or was cancelled) and every output was sent.
+    """
+
+    frame_streams: frozenset[str]
+
+    async def run_frames(self, inbox: Channel[Frame | Marker]) -> None: ...
