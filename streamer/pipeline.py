@@ -29,14 +29,14 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from streamer.channels import Channel, Policy
 from streamer.clock import Clock, RealClock
 from streamer.errors import StageError, StreamerError
 from streamer.frames import Frame, Output, StreamEnd, StreamStart
 from streamer.metrics import Metrics
-from streamer.sinks.base import FrameSink, Sink
+from streamer.sinks.base import MAX_SEND_BATCH, BatchSink, FrameSink, Sink
 from streamer.sources.base import Source
 from streamer.stages.base import Stage
 
@@ -318,29 +318,36 @@ class Pipeline:
         frame sink) is done too. A sink whose pipe's reader is gone (``| head``) gets no
         more outputs and stops the run (a drain, like Ctrl-C)."""
         broken = False
+        batched = isinstance(sink, BatchSink)
         try:
             async for output in inbox:
+                # a sink that takes batches gets what is already queued in one call
+                more = inbox.take_ready(MAX_SEND_BATCH - 1) if batched else []
                 try:
-                    if not broken:
+                    if broken:
+                        pass
+                    elif more:
+                        await cast(BatchSink, sink).send_many([output, *more])
+                    else:
                         await sink.send(output)
                 except BrokenPipeError:
                     broken = True
                     self.stop("broken-pipe")
                 except asyncio.CancelledError:
                     # An abort lets the send in flight land first (JsonlSink.send does).
-                    self._delivered(number)
+                    self._delivered(number, 1 + len(more))
                     raise
-                self._delivered(number)
+                self._delivered(number, 1 + len(more))
         finally:
             if frames is not None:
                 await asyncio.wait([frames])  # its failure is the TaskGroup's to report
             await sink.aclose()
 
-    def _delivered(self, number: int) -> None:
-        """Sink ``number`` is done with its next output; an output counts in the metrics
-        once every sink is done with it, so that after an abort the count is what the
-        sinks hold (an output still queued for a sink was never written)."""
-        self._sink_counts[number] += 1
+    def _delivered(self, number: int, count: int = 1) -> None:
+        """Sink ``number`` is done with its next ``count`` outputs; an output counts in the
+        metrics once every sink is done with it, so that after an abort the count is what
+        the sinks hold (an output still queued for a sink was never written)."""
+        self._sink_counts[number] += count
         counted = min(self._sink_counts)
         metrics = self.metrics
         assert metrics is not None

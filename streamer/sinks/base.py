@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from streamer.frames import Output
@@ -21,6 +22,20 @@ class Sink(Protocol):
     async def send(self, output: Output) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A sink that takes several outputs in one call (the JSONL file: one write and one
+    flush for all of them). The pipeline hands it what is already queued for it, at most
+    :data:`MAX_SEND_BATCH` at a time, in order; ``send_many`` must leave the outputs
+    handled exactly as that many ``send`` calls would."""
+
+    async def send_many(self, outputs: Sequence[Output]) -> None: ...
+
+
+#: The most outputs the pipeline hands a :class:`BatchSink` in one call.
+MAX_SEND_BATCH = 256
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from streamer.frames import Output
 
@@ -24,6 +24,13 @@ class CallbackSink:
         result = self.fn(output)
         if inspect.isawaitable(result):
             await result
+
+    async def send_many(self, outputs: Sequence[Output]) -> None:
+        """``fn`` for each output in turn (one hand-off from the pipeline, not one each)."""
+        for output in outputs:
+            result = self.fn(output)
+            if inspect.isawaitable(result):
+                await result
 
     async def aclose(self) -> None:
         return None
