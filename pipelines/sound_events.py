@@ -1,47 +1,109 @@
-"""The sound-event tagger: log-mel features -> GRU -> one sigmoid per label.
+"""The sound-event tagger: log-mel features -> per-step spectral conv -> GRU -> one sigmoid
+per label.
 
 Labels, in the order of the outputs: ``noise``, ``speech``, ``music``, ``alarm``,
 ``knock`` (:data:`LABELS`; silence is none of them, and several can be on at once).
 ``noise`` comes first because streamer labels a step in which no label is on with the
 first label (see ``pipelines/sound_events.toml``).
-``pipelines/sound_events.pt`` holds the trained weights (a state dict keyed like
-``nn.Sequential(rnn, head)``), made by ``python pipelines/train_sound_events.py``. The
-features' normalisation is folded into the GRU's input weights, so the model takes
-streamer's ``logmel`` features (40 mels, 25 ms windows, 10 ms hop) as they are.
+
+``sound_events.pt`` beside this module holds the trained weights (a state dict of
+:class:`SoundEventTagger`), made by ``python pipelines/train_sound_events.py``;
+:func:`trained` loads them from there, so the ready pipeline works from an installed
+package as well as from the repository. The features' normalisation is part of the
+module (buffers), so it takes streamer's ``logmel`` features (40 mels, 25 ms windows,
+10 ms hop) as they are.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from pipelines.sound_scenes import LABELS
+from pipelines.sound_scenes import LABELS as LABELS
+from streamer.errors import InputError
 
-WEIGHTS = "pipelines/sound_events.pt"
+WEIGHTS = Path(__file__).with_name("sound_events.pt")
 TRAIN_COMMAND = "python pipelines/train_sound_events.py"
+
+
+class SoundEventTagger(nn.Module):
+    """``forward(x [B, T, n_mels], state [layers, B, hidden] | None) -> (logits [B, T, labels],
+    state)``.
+
+    Each step's log-mel vector is normalised, then a small convolution across the mel
+    bins (shift-tolerant in pitch: the same pattern at another frequency looks alike) and
+    a projection make the GRU's input; the GRU carries time. Nothing looks across steps
+    but the GRU, so the model is causal and its state is just the GRU's.
+    """
+
+    state_batch_axes = (1,)
+    causal = True
+    mean: Tensor
+    std: Tensor
+
+    def __init__(
+        self,
+        n_mels: int = 40,
+        hidden: int = 64,
+        layers: int = 2,
+        labels: int = len(LABELS),
+        channels: int = 16,
+    ) -> None:
+        super().__init__()
+        self.hidden, self.layers = hidden, layers
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+        self.conv = nn.Conv1d(1, channels, 5, padding=2)
+        self.pool = nn.MaxPool1d(2)
+        self.proj = nn.Linear(channels * (n_mels // 2), hidden)
+        self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, labels)
+
+    def initial_state(self, batch: int) -> Tensor:
+        """A fresh state ``[layers, batch, hidden]`` (zeros, as a stream starts)."""
+        return torch.zeros(self.layers, batch, self.hidden, device=self.mean.device)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``x [B, T, n_mels]`` -> the GRU's input ``[B, T, hidden]`` (per step, no state)."""
+        batch, steps, mels = x.shape
+        z = ((x - self.mean) / self.std).reshape(batch * steps, 1, mels)
+        z = self.pool(torch.relu(self.conv(z))).flatten(1)
+        return torch.relu(self.proj(z)).reshape(batch, steps, -1)
+
+    def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        y, state = self.rnn(self.encode(x), state)
+        return self.head(y), state
 
 
 def build(
     n_mels: int = 40, hidden: int = 64, layers: int = 2, labels: int = len(LABELS), seed: int = 0
-) -> tuple[nn.GRU, nn.Linear]:
-    """``(rnn, head)``: GRU(n_mels -> hidden, layers, batch_first) and Linear(hidden -> labels).
-
-    The head gives one logit per label per step: ``[B, T, hidden] -> [B, T, labels]``.
-    """
-    if not 1 <= layers <= 2:
-        raise ValueError(f"sound_events.build: layers must be 1 or 2, not {layers}")
+) -> SoundEventTagger:
+    """An untrained :class:`SoundEventTagger` (seeded)."""
+    if not 1 <= layers <= 3:
+        raise ValueError(f"sound_events.build: layers must be 1 to 3, not {layers}")
     torch.manual_seed(seed)
-    rnn = nn.GRU(n_mels, hidden, num_layers=layers, batch_first=True)
-    head = nn.Linear(hidden, labels)
-    return rnn, head
+    return SoundEventTagger(n_mels, hidden, layers, labels)
 
 
-def fold_normalisation(rnn: nn.GRU, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Make ``rnn`` take raw features: ``W (x - mean) / std + b == W' x + b'`` in layer 0.
+def trained(weights: str | None = None, hidden: int = 64, layers: int = 2) -> SoundEventTagger:
+    """The tagger with trained weights: ``weights`` (a state dict file), else :data:`WEIGHTS`.
 
-    ``mean``, ``std``: ``[n_mels]``, the features' statistics the GRU was trained after.
+    A missing file is refused in one line that names the command that makes it.
     """
-    with torch.no_grad():
-        weight = rnn.weight_ih_l0 / std[None, :]
-        rnn.bias_ih_l0 -= weight @ mean
-        rnn.weight_ih_l0.copy_(weight)
+    file = Path(weights) if weights is not None else WEIGHTS
+    if not file.is_file():
+        raise InputError(
+            f"sound-event weights '{file}' do not exist; make them with: {TRAIN_COMMAND}"
+            + (f" --out {file}" if weights is not None else "")
+        )
+    model = build(hidden=hidden, layers=layers)
+    try:
+        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"sound-event weights '{file}': not usable: {first}") from exc
+    return model.eval()

@@ -222,3 +222,18 @@ def test_the_installed_wheel_runs_ready_pipelines_from_another_folder(tmp_path: 
     assert speech, records
     assert all(0.0 <= r["t0"] < r["t1"] <= 3.0 + 1e-6 for r in speech)
     assert not (elsewhere / "out" / "audio_tagging.jsonl").exists()  # --out replaced the sink
+
+    # The trained sound-event tagger finds its weights inside the installed package.
+    tagged = run(
+        str(bin_dir / "streamer"),
+        "run",
+        "sound_events",
+        "--source",
+        "SPEECH.wav",
+        "--out",
+        "events.jsonl",
+        "-q",
+    )
+    assert tagged.returncode == 0, tagged.stderr
+    events = [json.loads(line) for line in (elsewhere / "events.jsonl").read_text().splitlines()]
+    assert {r["label"] for r in events if r["kind"] == "segment"} >= {"speech"}, events[-5:]
