@@ -270,6 +270,9 @@ class ModelStage:
             known = {**self.source_info, **start.meta}
             media, rate = start.media, start.rate
             chunk, channels, size = known.get("chunk"), known.get("channels"), known.get("size")
+        options = dict(s.feature_options)
+        if "size" in options:  # pixels' own size: every frame resized to it, not the source's
+            size = tuple(options.pop("size"))
         features = make_features(
             s.features,
             media=media,
@@ -278,7 +281,7 @@ class ModelStage:
             channels=channels if media == "audio" else None,
             size=size if media == "video" else None,
             meta=start.meta,
-            **s.feature_options,
+            **options,
         )
         head: Head | None = None
         generator: GenerateHead[State] | None = None
