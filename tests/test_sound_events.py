@@ -62,7 +62,8 @@ def test_render_is_seeded_and_labels_follow_the_steps() -> None:
 
 
 def test_held_out_f1() -> None:
-    """40 held-out scenes of 4 s: macro F1 >= 0.85 per step, every label's F1 >= 0.7."""
+    """40 held-out scenes of 4 s: macro F1 >= 0.86 per step (0.878 measured with the shipped
+    weights; 0.889 on the training script's 200 held-out scenes), every label's F1 >= 0.7."""
     scenes = sound_scenes.render_set(11, 40, seconds=4.0, part="test")
     x = torch.stack([logmel_offline(s.audio, rate=RATE) for s in scenes])  # [B, T, 40]
     truth = np.concatenate([s.labels for s in scenes])  # [B*T, L]
@@ -73,7 +74,7 @@ def test_held_out_f1() -> None:
     thresholds = np.array([CONFIG["thresholds"][label] for label in LABELS])
     scores = f1(p >= thresholds, truth)
     assert truth.any(0).all(), "every label occurs in the set"
-    assert scores.mean() >= 0.85, dict(zip(LABELS, scores.round(3), strict=True))
+    assert scores.mean() >= 0.86, dict(zip(LABELS, scores.round(3), strict=True))
     assert scores.min() >= 0.7, dict(zip(LABELS, scores.round(3), strict=True))
 
 
