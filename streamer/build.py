@@ -344,6 +344,8 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         ttl=model.ttl,
         max_len=model.max_len,
         end_token=model.end_token,
+        decode=model.decode,
+        min_steps=model.min_steps,
     )
     stage = ModelStage(
         loaded,

@@ -153,7 +153,7 @@ HEAD_KEYS: dict[str, tuple[str, ...]] = {
     "frame": (),
     "window": ("window", "hop", "reduce", "partial"),
     "sequence": ("reduce", "segment_on_gap"),
-    "generate": ("max_len", "end_token"),
+    "generate": ("max_len", "end_token", "decode", "min_steps"),
 }
 _ALL_HEAD_KEYS = {key for keys in HEAD_KEYS.values() for key in keys}
 
@@ -195,6 +195,10 @@ class ModelConfig(_Section):
     device: Literal["cpu", "cuda"] = "cpu"
     max_len: Annotated[Int, Field(ge=1, le=100_000)] = 16
     end_token: Str | None = None
+    # generate: decode after every step, or once at the end of the stream (or of a segment
+    # ended by a resetting gap), from the state after its last step: a clip's caption
+    decode: Literal["step", "end"] = "step"
+    min_steps: Annotated[Int, Field(ge=1, le=1_000_000)] = 1
 
     @property
     def is_builtin(self) -> bool:
@@ -255,6 +259,8 @@ class ModelConfig(_Section):
                 raise ValueError(f"{key}: the generate head picks tokens; it takes no {key}")
             if self.lookahead:
                 raise ValueError("lookahead: the generate head takes no lookahead")
+            if "min_steps" in given and self.decode != "end":
+                raise ValueError("min_steps: the shortest clip to decode, for decode = 'end'")
         if self.activation == "softmax" and len(labels) == 1:
             raise ValueError("activation: softmax over one label is always 1; use sigmoid")
         for label in self.thresholds or {}:

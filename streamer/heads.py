@@ -379,6 +379,12 @@ class GenerateHead(Generic[S]):
     string, its scores the ``top_k`` most probable tokens (softmax of the logits;
     ``top_k=1``: the chosen token's probability) and ``extra["position"]`` the token's
     position (0, 1, ...).
+
+    With ``sequence=True``, the tokens are followed by one ``sequence`` output covering
+    the same steps: its label is the tokens joined by spaces (the caption; ``""`` when
+    the end token came first), its score that text's probability (the product of the
+    chosen tokens' probabilities, the end token's included when it ended the decoding),
+    and ``extra["tokens"]`` the tokens.
     """
 
     kind: OutputKind = "token"
@@ -392,6 +398,7 @@ class GenerateHead(Generic[S]):
         max_len: int,
         end_token: int | str | None = None,
         top_k: int = 1,
+        sequence: bool = False,
     ) -> None:
         if not vocab:
             raise ValueError("generate head: the vocabulary is empty")
@@ -411,6 +418,7 @@ class GenerateHead(Generic[S]):
         self.max_len = max_len
         self.end_token = end_token
         self.top_k = top_k
+        self.sequence = sequence
 
     def generate(
         self, inp: Tensor | int, state: S, steps: Sequence[Step]
@@ -424,6 +432,8 @@ class GenerateHead(Generic[S]):
             raise ValueError("generate head: the input must cover at least one step")
         first, last = steps[0], steps[-1]
         current: Tensor | int = inp
+        tokens: list[str] = []
+        probability = 1.0
         for position in range(self.max_len):
             logits, state = self.decode_step(current, state)
             flat = logits.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
@@ -436,8 +446,10 @@ class GenerateHead(Generic[S]):
             # stable: among equal probabilities the lowest id comes first, as for argmax
             top = torch.argsort(probs, descending=True, stable=True)[: self.top_k].tolist()
             token = top[0]
+            probability *= float(probs[token])
             if token == self.end_token:
                 break
+            tokens.append(self.vocab[token])
             scores = {self.vocab[i]: float(probs[i]) for i in top}
             yield Output(
                 stream=self.stream,
@@ -453,6 +465,21 @@ class GenerateHead(Generic[S]):
                 extra={"position": position},
             )
             current = token
+        if self.sequence:
+            text = " ".join(tokens)
+            yield Output(
+                stream=self.stream,
+                kind="sequence",
+                start=first.index,
+                end=last.index,
+                pts=last.pts,
+                label=text,
+                scores={text: probability},
+                captured=last.captured,
+                t0=first.pts,
+                t1=last.end,
+                extra={"tokens": tokens},
+            )
         return state
 
 

@@ -81,6 +81,8 @@ class ModelSettings:
     ttl: float | None = None
     max_len: int = 16
     end_token: str | None = None
+    decode: Literal["step", "end"] = "step"
+    min_steps: int = 1
 
 
 @dataclass
@@ -102,6 +104,12 @@ class _Stream:
     enqueued: int = 0  # steps given to the model so far
     delivered: int = 0  # steps whose outputs went to the head so far
     gap_marks: deque[int] = field(default_factory=deque)  # gaps after that many steps
+    # decode = "end": the clip so far (its first and last steps, the last output row)
+    clip_first: Step | None = None
+    clip_last: Step | None = None
+    clip_row: Tensor | None = None
+    clip_steps: int = 0
+    captions: int = 0
 
     @property
     def pending(self) -> int:
@@ -295,6 +303,7 @@ class ModelStage:
                 self._decode_step,
                 max_len=s.max_len,
                 end_token=s.end_token,
+                sequence=s.decode == "end",
             )
         else:
             options = dict(s.head_options)
@@ -399,6 +408,7 @@ class ModelStage:
             await self._run_offline(stream, ctx, outbox)
         if reset:
             await self._flush_lookahead(stream, ctx, outbox)
+            await self._caption(stream, ctx, outbox, end=False)
             self.store.reset(stream)
             ctx.skip = self.settings.lookahead
         ctx.features.gap()
@@ -419,6 +429,7 @@ class ModelStage:
         if self.mode == "offline":
             await self._run_offline(stream, ctx, outbox)
         await self._flush_lookahead(stream, ctx, outbox)
+        await self._caption(stream, ctx, outbox, end=True)
         outputs = ctx.head.end() if ctx.head is not None else []
         await self._emit(ctx, outputs, outbox, closing="end")
         self.store.end(stream)
@@ -454,10 +465,11 @@ class ModelStage:
     ) -> None:
         """Step the streams' chunks in batched calls and deliver the outputs.
 
-        With a generate head, one step per call: each step's decode starts from the state
-        right after that step, whatever the chunking or mode.
+        With a generate head that decodes after each step, one step per call: each step's
+        decode starts from the state right after that step, whatever the chunking or mode.
         """
-        if ready and all(c.generator is not None for c in ready.values()):
+        by_step = self.settings.decode == "step"
+        if ready and by_step and all(c.generator is not None for c in ready.values()):
             longest = max(x.shape[0] for x in chunks.values())
             rounds = [
                 {s: x[t : t + 1] for s, x in chunks.items() if x.shape[0] > t}
@@ -612,14 +624,51 @@ class ModelStage:
         the next input continues from where the input left the stream.
         """
         assert ctx.generator is not None
+        if self.settings.decode == "end":  # the clip goes on: decoded at its end
+            if steps:
+                ctx.clip_first = ctx.clip_first or steps[0]
+                ctx.clip_last, ctx.clip_row = steps[-1], y[-1]
+                ctx.clip_steps += len(steps)
+            return
         for row, step in zip(y, [*steps], strict=True):
-            state = self.store.get(stream)
-            tokens = ctx.generator.generate(row, state, [step])
-            while True:
-                output = await self.worker.call(_next_or_none, tokens)
-                if output is None:
-                    break
-                await outbox.send(output)
+            await self._decode(stream, ctx, row, [step], outbox)
+
+    async def _decode(
+        self, stream: str, ctx: _Stream, row: Tensor, steps: list[Step], outbox: Channel[Any]
+    ) -> None:
+        """Decode from ``row`` (the output of ``steps[-1]``) and the stream's state."""
+        assert ctx.generator is not None
+        tokens = ctx.generator.generate(row, self.store.get(stream), steps)
+        while True:
+            output = await self.worker.call(_next_or_none, tokens)
+            if output is None:
+                break
+            await outbox.send(output)
+
+    async def _caption(self, stream: str, ctx: _Stream, outbox: Channel[Any], *, end: bool) -> None:
+        """With ``decode = "end"``: decode the clip that ends here (the stream's ``end``, or
+        a resetting gap) from the state after its last step. A clip under ``min_steps`` is
+        skipped with a warning, or refused when it is all the stream had."""
+        first, last, row, count = ctx.clip_first, ctx.clip_last, ctx.clip_row, ctx.clip_steps
+        ctx.clip_first = ctx.clip_last = ctx.clip_row = None
+        ctx.clip_steps = 0
+        if first is None or last is None or row is None:
+            return
+        if count < self.settings.min_steps:
+            if end and not ctx.captions:
+                raise InputError(
+                    f"stream '{stream}': too short for a caption: {count} steps (frames),"
+                    f" the model needs at least {self.settings.min_steps} ([model] min_steps)"
+                )
+            log.warning(
+                "stage '%s': stream '%s': %d steps before a gap, too short for a caption",
+                self.name,
+                stream,
+                count,
+            )
+            return
+        ctx.captions += 1
+        await self._decode(stream, ctx, row, [first, last], outbox)
 
     def _decode_step(self, inp: Tensor | int, state: State) -> tuple[Tensor, State]:
         """First call: the step's own output; then feed the previous token back in."""

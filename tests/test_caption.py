@@ -1,0 +1,163 @@
+"""The clip captioner (``pipelines/caption.py``, ``pipelines/clip_caption.toml``).
+
+The committed weights caption a small held-out set of rendered clips (a seed of its own)
+about as well as the training script reports (short of the issue's targets, 80 % exact
+match and 95 % tokens: the training run reached 10 % and 61 % on 400 clips); the shipped
+pipeline, run by ``streamer run``
+in-process on a rendered clip written as a video file, streams the caption's tokens as
+``token`` outputs, then the caption as a ``sequence`` output; a clip too short for a
+caption and a missing weights file are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines import caption, motion_scenes, train_caption
+from streamer.cli import main
+from streamer.models.loading import load_model
+
+PIPELINE = REPO / "pipelines" / "clip_caption.toml"
+CONFIG = tomllib.loads(PIPELINE.read_text())
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline file's paths are relative to the repository root."""
+    monkeypatch.chdir(REPO)
+
+
+def lossless(path: Path, frames: np.ndarray, fps: float = 15.0) -> Path:
+    """``frames`` as an FFV1 video (it decodes to exactly ``frames``)."""
+    motion_scenes.write_video(str(path), frames, fps, fourcc="FFV1")
+    return path
+
+
+def run(tmp: Path, argv: list[str]) -> list[dict[str, Any]]:
+    """``streamer run clip_caption.toml ARGV``: the output records, in order."""
+    out = tmp / "out.jsonl"
+    assert main(["run", str(PIPELINE), *argv, "--out", str(out), "-q"]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_vocabulary_and_config_agree() -> None:
+    model = CONFIG["model"]
+    assert model["labels"] == list(caption.VOCAB)
+    assert model["head"] == "generate" and model["decode"] == "end"
+    assert model["end_token"] == caption.END and model["max_len"] == caption.MAX_TOKENS
+    assert model["min_steps"] == caption.MIN_FRAMES
+    options = model["feature_options"]
+    assert tuple(options["size"]) == caption.INPUT_SIZE
+    assert tuple(options["mean"]) == caption.MEAN and tuple(options["std"]) == caption.STD
+    assert Path(CONFIG["source"]["uri"]).stat().st_size < 200_000
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), index=st.integers(0, 10**6))
+def test_training_clips_have_short_captions_of_known_words(seed: int, index: int) -> None:
+    """Each clip is cut after its third motion, with its last motion seen for at least
+    ``MIN_SEEN`` frames; its caption is made of vocabulary words and names the object."""
+    clip, frames, text = caption.rendered_clip(seed, index)
+    motions = [m for m in clip.description.motions if m.start < len(frames)]
+    assert 1 <= len(motions) <= caption.MAX_MOTIONS
+    assert len(frames) >= caption.MIN_FRAMES
+    assert len(motions) == 1 or len(frames) - motions[-1].start >= caption.MIN_SEEN
+    words = text.split()
+    assert words[:2] == [clip.description.colour, clip.description.shape]
+    assert text.count(" then ") == len(motions) - 1
+    ids = caption.tokens_of(text)
+    assert len(ids) <= caption.MAX_TOKENS and ids[-1] == caption.VOCAB.index(caption.END)
+    assert [caption.VOCAB[i] for i in ids[:-1]] == words
+
+
+def test_held_out_figures() -> None:
+    """60 held-out clips (the training script's held-out seed), the figures of the
+    committed weights: exact match 10 % and token accuracy 56 % here (10 % and 61 % on
+    the script's 400 clips). The issue's targets (80 %, 95 %) are not reached yet."""
+    clips = train_caption.render(train_caption.HELD_OUT_SEED, 60)
+    model = caption.trained()
+    exact, token = train_caption.scores(train_caption.predict(model, clips), clips.captions)
+    assert exact >= 0.08 and token >= 0.53, (exact, token)
+
+
+def test_the_pipeline_streams_tokens_then_the_caption(tmp_path: Path) -> None:
+    """A rendered clip as a video file: one ``token`` output per word as it is decoded
+    (positions 0, 1, ...; covering the whole clip), then one ``sequence`` output whose
+    text is the tokens joined, and the caption is the clip's (a held-out clip the
+    committed weights caption right: "black hexagon is still then moves up")."""
+    _, frames, text = caption.rendered_clip(train_caption.HELD_OUT_SEED, 30)
+    video = lossless(tmp_path / "clip.mkv", frames)
+    records = run(tmp_path, ["--source", str(video)])
+    kinds = [r["kind"] for r in records]
+    words = len(text.split())
+    assert kinds == ["token"] * words + ["sequence"], kinds
+    tokens = records[:-1]
+    assert [r["position"] for r in tokens] == list(range(words))
+    assert all((r["start"], r["end"]) == (0, len(frames) - 1) for r in records)
+    sequence = records[-1]
+    assert sequence["label"] == " ".join(r["label"] for r in tokens)
+    assert sequence["tokens"] == [r["label"] for r in tokens]
+    assert sequence["label"] == text
+    assert 0 < sequence["scores"][text] <= 1
+
+
+def test_the_pipeline_decodes_as_the_batch_model_does(tmp_path: Path) -> None:
+    """Frame by frame through ``streamer run`` and all at once through the model give the
+    same caption and the same first-token logits at the last frame."""
+    _, frames, _ = caption.rendered_clip(train_caption.HELD_OUT_SEED, 2)
+    records = run(tmp_path, ["--source", str(lossless(tmp_path / "clip.mkv", frames))])
+    model = caption.trained()
+    x = torch.from_numpy(caption.resize_rgb(frames))[None]
+    with torch.inference_mode():
+        _, y_last = train_caption.last_outputs(model, x, torch.tensor([len(frames)]))
+        ids = model.greedy(y_last)[0]
+    assert records[-1]["label"] == " ".join(caption.VOCAB[i] for i in ids)
+    wrapped = load_model(CONFIG["model"]["factory"])
+    with torch.inference_mode():
+        y, _ = wrapped.step(caption.normalise(x), wrapped.initial_state(1))
+        first, _ = model.first_token(y_last[:, None])
+    assert torch.allclose(y[0, -1], first[0, 0], atol=1e-5)
+
+
+def test_a_clip_too_short_for_a_caption_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, frames, _ = caption.rendered_clip(train_caption.HELD_OUT_SEED, 3)
+    short = frames[: caption.MIN_FRAMES - 1]
+    video = lossless(tmp_path / "short.mkv", short)
+    code = main(["run", str(PIPELINE), "--source", str(video), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "too short for a caption" in err and f"{caption.MIN_FRAMES - 1} steps" in err, err
+    assert f"at least {caption.MIN_FRAMES}" in err and "min_steps" in err, err
+
+
+def test_missing_weights_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absent = tmp_path / "absent.pt"
+    text = PIPELINE.read_text().replace(
+        "[model]\n", f"[model]\noptions = {{ weights = '{absent}' }}\n", 1
+    )
+    pipeline = tmp_path / "clip_caption.toml"
+    pipeline.write_text(text)
+    code = main(["run", str(pipeline), "--out", str(tmp_path / "o.jsonl"), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert str(absent) in err and "do not exist" in err
+    assert caption.TRAIN_COMMAND in err, err
+    assert not (tmp_path / "o.jsonl").exists()
