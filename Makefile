@@ -38,6 +38,7 @@ train: APT_PACKAGES := $(APT_PACKAGES) espeak-ng
 train: system-deps $(STAMP)
 	$(BIN)/python pipelines/train_sound_events.py
 	$(BIN)/python pipelines/train_motion.py
+	$(BIN)/python pipelines/train_caption.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamer pipelines tests scripts benchmarks
