@@ -174,7 +174,9 @@ def test_realtime_behind_a_slow_stage_drops_frames_and_keeps_the_labels(tmp_path
     fps = 15.0
     shown = clip(3, frames=120)
     video = lossless(tmp_path / "clip.mkv", shown.frames, fps)
-    overrides = Overrides(sources=(str(video),), mode="realtime", quiet=True)
+    overrides = Overrides(
+        sources=(str(video),), mode="realtime", quiet=True, out=str(tmp_path / "unused.jsonl")
+    )
     config = apply_overrides(load_config(str(PIPELINE)), overrides)
     clock = VirtualClock()
     built = build_pipeline(config, clock)
