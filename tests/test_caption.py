@@ -137,7 +137,9 @@ def test_a_clip_too_short_for_a_caption_is_refused_in_one_line(
     _, frames, _ = caption.rendered_clip(train_caption.HELD_OUT_SEED, 3)
     short = frames[: caption.MIN_FRAMES - 1]
     video = lossless(tmp_path / "short.mkv", short)
-    code = main(["run", str(PIPELINE), "--source", str(video), "-q"])
+    code = main(
+        ["run", str(PIPELINE), "--source", str(video), "-q", "--out", str(tmp_path / "o.jsonl")]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
