@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from pipelines import motion_scenes
 from pipelines.motion_scenes import COLOURS, SHAPES, Clip
-from streamer.errors import InputError
+from pipelines.weights import load_trained
 
 WEIGHTS = Path(__file__).with_name("caption.pt")
 TRAIN_COMMAND = "python pipelines/train_caption.py"
@@ -288,16 +288,4 @@ def trained(weights: str | None = None, hidden: int = 96) -> CaptionModel:
     """The captioner with trained weights: ``weights`` (a state dict file), else
     :data:`WEIGHTS`. A missing file is refused in one line that names the command that
     makes it."""
-    file = Path(weights) if weights is not None else WEIGHTS
-    if not file.is_file():
-        raise InputError(
-            f"caption weights '{file}' do not exist; make them with: {TRAIN_COMMAND}"
-            + (f" --out {file}" if weights is not None else "")
-        )
-    model = build(hidden=hidden)
-    try:
-        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"caption weights '{file}': not usable: {first}") from exc
-    return model.eval()
+    return load_trained(build(hidden=hidden), weights, WEIGHTS, "caption", TRAIN_COMMAND)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.sound_scenes import LABELS as LABELS
-from streamer.errors import InputError
+from pipelines.weights import load_trained
 
 WEIGHTS = Path(__file__).with_name("sound_events.pt")
 TRAIN_COMMAND = "python pipelines/train_sound_events.py"
@@ -94,16 +94,6 @@ def trained(weights: str | None = None, hidden: int = 64, layers: int = 2) -> So
 
     A missing file is refused in one line that names the command that makes it.
     """
-    file = Path(weights) if weights is not None else WEIGHTS
-    if not file.is_file():
-        raise InputError(
-            f"sound-event weights '{file}' do not exist; make them with: {TRAIN_COMMAND}"
-            + (f" --out {file}" if weights is not None else "")
-        )
-    model = build(hidden=hidden, layers=layers)
-    try:
-        model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"sound-event weights '{file}': not usable: {first}") from exc
-    return model.eval()
+    return load_trained(
+        build(hidden=hidden, layers=layers), weights, WEIGHTS, "sound-event", TRAIN_COMMAND
+    )

@@ -300,3 +300,27 @@ def copy_recording(path: Path, source: Path = SPEECH_RECORDING) -> Path:
     """A private copy of a committed recording folder, to damage."""
     shutil.copytree(source, path)
     return path
+
+
+def assert_missing_weights_refused(
+    pipeline: Path, command: str, tmp_path: Path, err: Callable[[], str]
+) -> None:
+    """A ready pipeline whose factory is given an absent weights file (``[model] options
+    weights``) is refused in one line naming the file and the training ``command``, exit 2,
+    before any output is written. ``err``: what the run printed on stderr."""
+    from streamer.cli import main
+
+    absent = tmp_path / "absent.pt"
+    text = pipeline.read_text().replace(
+        "[model]\n", f"[model]\noptions = {{ weights = '{absent}' }}\n", 1
+    )
+    copy = tmp_path / pipeline.name
+    copy.write_text(text)
+    out = tmp_path / "o.jsonl"
+    code = main(["run", str(copy), "--out", str(out), "-q"])
+    message = err().strip()
+    assert code == 2
+    assert len(message.splitlines()) == 1, message
+    assert str(absent) in message and "do not exist" in message
+    assert command in message, message  # the command that makes it
+    assert not out.exists()

@@ -22,6 +22,7 @@ import torch
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from media import assert_missing_weights_refused
 
 from pipelines import caption, motion_scenes, train_caption
 from streamer.cli import main
@@ -150,16 +151,6 @@ def test_a_clip_too_short_for_a_caption_is_refused_in_one_line(
 def test_missing_weights_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    absent = tmp_path / "absent.pt"
-    text = PIPELINE.read_text().replace(
-        "[model]\n", f"[model]\noptions = {{ weights = '{absent}' }}\n", 1
+    assert_missing_weights_refused(
+        PIPELINE, caption.TRAIN_COMMAND, tmp_path, lambda: capsys.readouterr().err
     )
-    pipeline = tmp_path / "clip_caption.toml"
-    pipeline.write_text(text)
-    code = main(["run", str(pipeline), "--out", str(tmp_path / "o.jsonl"), "-q"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    assert str(absent) in err and "do not exist" in err
-    assert caption.TRAIN_COMMAND in err, err
-    assert not (tmp_path / "o.jsonl").exists()

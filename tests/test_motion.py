@@ -25,6 +25,7 @@ import torch
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from media import assert_missing_weights_refused
 from test_camera import MjpegServer
 
 from pipelines import motion, motion_scenes
@@ -118,9 +119,7 @@ def test_render_is_seeded_and_the_labels_are_the_motions(seed: int, frames: int)
 
 def test_counted_skips_the_first_five_frames_of_each_motion() -> None:
     labels = np.array([0] * 7 + [1] * 5 + [3] * 6)
-    assert counted(labels).tolist() == [False] * 5 + [True] * 2 + [False] * 5 + [False] * 5 + [
-        True
-    ]
+    assert counted(labels).tolist() == [False] * 5 + [True] * 2 + [False] * 5 + [False] * 5 + [True]
 
 
 def test_held_out_accuracy() -> None:
@@ -278,16 +277,6 @@ def test_a_grey_video_is_converted(tmp_path: Path) -> None:
 def test_missing_weights_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    absent = tmp_path / "absent.pt"
-    text = PIPELINE.read_text().replace(
-        "[model]\n", f"[model]\noptions = {{ weights = '{absent}' }}\n", 1
+    assert_missing_weights_refused(
+        PIPELINE, "python pipelines/train_motion.py", tmp_path, lambda: capsys.readouterr().err
     )
-    pipeline = tmp_path / "webcam_labels.toml"
-    pipeline.write_text(text)
-    code = main(["run", str(pipeline), "--out", str(tmp_path / "o.jsonl"), "-q"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    assert str(absent) in err and "do not exist" in err
-    assert "python pipelines/train_motion.py" in err, err
-    assert not (tmp_path / "o.jsonl").exists()

@@ -19,6 +19,7 @@ import pytest
 import soundfile
 import torch
 from conftest import REPO
+from media import assert_missing_weights_refused
 
 from pipelines import sound_scenes
 from pipelines.sound_events import LABELS
@@ -125,16 +126,9 @@ def test_siren_then_speech_segments(tmp_path: Path, mode: str) -> None:
 def test_missing_weights_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    absent = tmp_path / "absent.pt"
-    text = PIPELINE.read_text().replace(
-        "[model]\n", f"[model]\noptions = {{ weights = '{absent}' }}\n", 1
+    assert_missing_weights_refused(
+        PIPELINE,
+        "python pipelines/train_sound_events.py",
+        tmp_path,
+        lambda: capsys.readouterr().err,
     )
-    pipeline = tmp_path / "sound_events.toml"
-    pipeline.write_text(text)
-    code = main(["run", str(pipeline), "--out", str(tmp_path / "o.jsonl"), "-q"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert len(err.splitlines()) == 1, err
-    assert str(absent) in err and "do not exist" in err
-    assert "python pipelines/train_sound_events.py" in err, err  # the command that makes it
-    assert not (tmp_path / "o.jsonl").exists()

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from streamer.errors import InputError
 from streamer.models.adapters import ContextModel, as_model, describe, module_of
@@ -125,19 +125,36 @@ def load_model(
             f"factory '{factory}' returned a {describe(built)}, which has no nn.Module to load"
             f" state dict '{path}' into"
         )
+    _fit(module, weights, f"state dict '{path}' does not fit factory '{factory}'")
+    return _wrap(built, factory)
+
+
+def load_weights(
+    module: nn.Module, path: str | PathLike[str], *, what: str, make: str | None = None
+) -> None:
+    """Load the state dict file ``path`` into ``module`` (every key, nothing unpickled).
+
+    Any failure is one :class:`InputError` line naming ``what`` (e.g. "motion weights")
+    and the file; a missing file's also names ``make``, the command that makes it.
+    """
+    file = Path(path)
+    if not file.is_file():
+        hint = f"; make them with: {make}" if make else ""
+        raise InputError(f"{what} '{path}' do not exist{hint}")
+    _fit(module, _load_state_dict(file, path), f"{what} '{path}' do not fit the model")
+
+
+def _fit(module: nn.Module, weights: Mapping[str, Tensor], what: str) -> None:
+    """``module.load_state_dict(weights)``, every key matched, or one line: ``what: why``."""
     try:
         result = module.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
-        raise InputError(
-            f"state dict '{path}' does not fit factory '{factory}': {_line(exc)}"
-        ) from exc
+        raise InputError(f"{what}: {_line(exc)}") from exc
     if result.missing_keys or result.unexpected_keys:
         raise InputError(
-            f"state dict '{path}' does not fit factory '{factory}':"
-            f" missing keys {_keys(result.missing_keys)},"
+            f"{what}: missing keys {_keys(result.missing_keys)},"
             f" unexpected keys {_keys(result.unexpected_keys)}"
         )
-    return _wrap(built, factory)
 
 
 def call_factory(spec: str, kwargs: Mapping[str, Any] | None = None) -> object:
