@@ -39,6 +39,7 @@ HIDDEN = 128  #: LSTM cell size
 FILTER = 256  #: STFT window (samples)
 HOP = 128  #: STFT hop (samples)
 BINS = FILTER // 2 + 1  #: 129 frequency bins
+ENCODE_BLOCK = 1024  #: chunks per convolution call in a multi-step forward
 
 
 class SileroVAD16k(nn.Module):
@@ -56,6 +57,7 @@ class SileroVAD16k(nn.Module):
     input_shape = (CONTEXT + CHUNK,)
     input_rate = 16000.0  # Hz: streamer refuses audio at another rate before the run
     basis: Tensor
+    window: Tensor | None = None  #: set by :meth:`use_fft` when the basis is a windowed DFT
 
     def __init__(self) -> None:
         super().__init__()
@@ -76,12 +78,38 @@ class SileroVAD16k(nn.Module):
         """A fresh state ``[2, batch, 128]`` (zeros)."""
         return torch.zeros(2, batch, HIDDEN, device=self.out.weight.device)
 
-    def encode(self, x: Tensor) -> Tensor:
-        """``x [N, 576]`` -> features ``[N, 128]`` (no state involved)."""
+    def use_fft(self) -> bool:
+        """Take the STFT magnitude by FFT when ``basis`` is a windowed DFT (Silero's is: a
+        periodic Hann window): the same magnitudes within 1e-5, several times fewer
+        operations than the convolution with the basis. Call after loading the weights;
+        returns whether the FFT is used (otherwise the convolution stays)."""
+        basis = self.basis[:, 0].double()
+        window = basis[0]
+        n = torch.arange(FILTER, dtype=torch.float64)
+        angle = 2 * torch.pi * torch.arange(BINS, dtype=torch.float64)[:, None] * n / FILTER
+        dft = torch.cat([window * torch.cos(angle), -window * torch.sin(angle)])
+        fits = bool((dft - basis).abs().max() < 1e-5)
+        self.window = window.float() if fits else None
+        return fits
+
+    def spectrum(self, x: Tensor) -> Tensor:
+        """``x [N, 576]`` -> STFT magnitude ``[N, 129, 4]`` (the input reflect-padded by 64)."""
         padded = functional.pad(x.unsqueeze(1), (0, CONTEXT), mode="reflect")
+        if self.window is not None:
+            frames = padded[:, 0].unfold(1, FILTER, HOP) * self.window  # [N, 4, 256]
+            magnitude: Tensor = torch.fft.rfft(frames).abs()
+            return magnitude.transpose(1, 2)
         spectrum = functional.conv1d(padded, self.basis, stride=HOP)
         real, imag = spectrum[:, :BINS], spectrum[:, BINS:]
-        h = torch.sqrt(real.pow(2) + imag.pow(2))
+        return torch.sqrt(real.pow(2) + imag.pow(2))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``x [N, 576]`` -> features ``[N, 128]`` (no state involved), ``ENCODE_BLOCK``
+        chunks at a time (the convolutions' working set stays in cache)."""
+        if x.shape[0] > ENCODE_BLOCK:
+            parts = torch.split(x, ENCODE_BLOCK)
+            return torch.cat([self.encode(part) for part in parts])
+        h = self.spectrum(x)
         for conv in self.encoder:
             h = torch.relu(conv(h))
         return h.squeeze(-1)
@@ -164,6 +192,7 @@ def load_module(path: Path | None = None) -> SileroVAD16k:
     weights = load_jit(path)._model.state_dict()
     module = SileroVAD16k()
     module.load_state_dict({ours: weights[theirs] for ours, theirs in _NAMES.items()})
+    module.use_fft()
     return module.eval()
 
 

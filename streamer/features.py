@@ -103,6 +103,18 @@ class Features:
         step = Step(frame.index, frame.pts, frame.captured, frame.duration)
         return x, [step] * int(x.shape[0])
 
+    def push_frames(self, frames: Sequence[Frame]) -> tuple[Tensor, list[Step]]:
+        """:meth:`push_frame` of each of one stream's ``frames`` (at least one) in order, the steps
+        concatenated: ``[T, *shape]``. Front-ends with a faster whole-run path override it;
+        the result is the same."""
+        xs: list[Tensor] = []
+        steps: list[Step] = []
+        for frame in frames:
+            x, more = self.push_frame(frame)
+            xs.append(x)
+            steps.extend(more)
+        return (xs[0] if len(xs) == 1 else torch.cat(xs)), steps
+
     def gap(self) -> None:
         """Frames were lost: drop anything carried over that would join across the gap."""
 
@@ -229,6 +241,35 @@ class Raw(Features):
             real = _real_count(frame.pts, len(frame.data), frame.rate, self.samples)
             duration = real / frame.rate
         return x, [Step(frame.index, frame.pts, frame.captured, duration)]
+
+    def push_frames(self, frames: Sequence[Frame]) -> tuple[Tensor, list[Step]]:
+        """Full float32 audio chunks of one shape are stacked in one copy ``[T, F]``; any
+        other run (video, integer samples, a short last chunk) goes frame by frame."""
+        chunk = self.chunk
+        first = frames[0].data if frames else None
+        if (
+            self.media_kind != "audio"
+            or len(frames) < 2
+            or not isinstance(first, np.ndarray)
+            or first.dtype != np.float32
+            or first.ndim not in (1, 2)
+            or (chunk is not None and first.shape[0] != chunk)
+        ):
+            return super().push_frames(frames)
+        shape = first.shape
+        if not all(
+            isinstance(f.data, np.ndarray) and f.data.shape == shape and f.data.dtype == np.float32
+            for f in frames
+        ):
+            return super().push_frames(frames)
+        x = torch.from_numpy(np.stack([f.data for f in frames]).reshape(len(frames), -1))
+        self._learn_shape((int(x.shape[1]),))
+        rate, samples, length = frames[0].rate, self.samples, shape[0]
+        steps = [
+            Step(f.index, f.pts, f.captured, _real_count(f.pts, length, rate, samples) / rate)
+            for f in frames
+        ]
+        return x, steps
 
 
 # --- logmel -------------------------------------------------------------------------------

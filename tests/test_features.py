@@ -419,3 +419,35 @@ def test_logmel_rate_and_seconds_options_are_checked(params: dict[str, Any], mat
     meta = params.pop("meta", None)
     with pytest.raises(InputError, match=r"\[model\] features: .*" + match):
         make_features("logmel", media="audio", rate=16000, meta=meta, **params)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([8, 8, 8, 5, 1]), min_size=1, max_size=12),
+    channels=st.sampled_from([1, 2]),
+    dtype=st.sampled_from(["float32", "float64", "int16"]),
+    flat=st.booleans(),
+    samples=st.one_of(st.none(), st.integers(0, 100)),
+)
+def test_raw_push_frames_equals_frame_by_frame(
+    sizes: list[int], channels: int, dtype: str, flat: bool, samples: int | None
+) -> None:
+    """The whole-run path (one stacked copy) gives exactly the steps and values that
+    ``push_frame`` gives frame by frame, whatever the frames' types and lengths."""
+    frames, pts = [], 0
+    for index, size in enumerate(sizes):
+        data = noise(size, channels, seed=index)
+        data = (data * 30000).astype(np.int16) if dtype == "int16" else data.astype(dtype)
+        if flat and channels == 1:
+            data = data[:, 0]
+        frames.append(
+            Frame("s", index, pts=pts / 8000, captured=float(index), data=data, rate=8000)
+        )
+        pts += size
+    meta = {} if samples is None else {"samples": samples}
+    one = make_features("raw", media="audio", rate=8000, chunk=8, channels=channels, meta=meta)
+    run = make_features("raw", media="audio", rate=8000, chunk=8, channels=channels, meta=meta)
+    by_frame = [one.push_frame(frame) for frame in frames]
+    x, steps = run.push_frames(frames)
+    assert torch.equal(x, torch.cat([xi for xi, _ in by_frame]))
+    assert steps == [step for _, more in by_frame for step in more]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,7 @@ from streamer.pipeline import Pipeline
 from streamer.recording import RecordingWriter
 from streamer.sinks import JsonlSink
 from streamer.stages import ThresholdStage
+from streamer.stages.model import _finite, _first_invalid
 from streamer.stages.threshold import measure
 from streamer.testing import ScriptedSource, audio_script, run_scripted
 from streamer.worker import Worker
@@ -328,3 +330,30 @@ async def test_two_streams_share_the_drops_they_caused() -> None:
         s = streams[name]
         assert s["frames_in"] == s["outputs"] + s["dropped"] == 30
         assert s["frames_missing"] == s["dropped"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    kinds=st.lists(st.sampled_from(["ok", "nan", "inf", "int", "short", "tensor"]), max_size=10),
+    start=st.integers(0, 10),
+)
+def test_model_stage_finds_the_first_invalid_frame_as_a_scan_would(
+    kinds: list[str], start: int
+) -> None:
+    """The model stage checks a run of frames for NaN/Inf in one pass; the frame it names
+    is the one a frame-by-frame scan from ``start`` names, whatever the frames hold."""
+    frames: list[Frame] = []
+    for index, kind in enumerate(kinds):
+        data: Any = np.zeros((CHUNK, 1), dtype=np.float32)
+        if kind in ("nan", "inf"):
+            data[3, 0] = math.nan if kind == "nan" else -math.inf
+        elif kind == "int":
+            data = np.zeros((CHUNK, 1), dtype=np.int16)
+        elif kind == "short":
+            data = np.ones((7, 2), dtype=np.float64)
+        elif kind == "tensor":
+            data = torch.zeros(CHUNK, 1)
+        frames.append(Frame("s", index, index * FRAME_S, 0.0, data, RATE))
+    start = min(start, len(frames))
+    scan = next((i for i in range(start, len(frames)) if not _finite(frames[i].data)), len(frames))
+    assert _first_invalid(frames, start) == scan

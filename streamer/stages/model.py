@@ -371,11 +371,16 @@ class ModelStage:
     def _featurize(self, frames: list[Frame], start: int) -> int:
         """Push ``frames[start:]`` through their streams' front-ends up to the first invalid
         frame; returns how many were pushed. Runs on the worker thread."""
-        for offset, frame in enumerate(frames[start:]):
-            if not _finite(frame.data):
-                return offset
-            ctx = self._streams[frame.stream]
-            x, steps = ctx.features.push_frame(frame)
+        stop = _first_invalid(frames, start)
+        at = start
+        while at < stop:  # one front-end call per run of one stream's frames
+            stream = frames[at].stream
+            end = at + 1
+            while end < stop and frames[end].stream == stream:
+                end += 1
+            ctx = self._streams[stream]
+            x, steps = ctx.features.push_frames(frames[at:end])
+            at = end
             if not self._checked:
                 self._checked = True
                 self.check_input(x[:1] if x.shape[0] else None)
@@ -383,7 +388,7 @@ class ModelStage:
                 ctx.pending_x.append(x)
                 ctx.pending_steps.extend(steps)
                 ctx.enqueued += len(steps)
-        return len(frames) - start
+        return stop - start
 
     async def _invalid(self, frame: Frame, outbox: Channel[Any]) -> None:
         """A frame with NaN or Inf: stop, or drop it as a gap (``on_invalid``)."""
@@ -725,6 +730,23 @@ def _start_of(frame: Frame, stream: str) -> StreamStart:
 
 def _next_or_none(tokens: Iterator[Output]) -> Output | None:
     return next(tokens, None)
+
+
+def _first_invalid(frames: list[Frame], start: int) -> int:
+    """The index of the first frame from ``start`` whose data holds NaN or Inf
+    (``len(frames)`` when none does). Float arrays are checked in one pass when they can
+    be joined; otherwise, or when that pass finds something, frame by frame."""
+    datas = [f.data for f in frames[start:]]
+    if datas and all(isinstance(d, np.ndarray) and d.dtype.kind == "f" for d in datas):
+        try:
+            if bool(np.isfinite(np.concatenate([d.reshape(-1) for d in datas])).all()):
+                return len(frames)
+        except ValueError:
+            pass
+    for offset, data in enumerate(datas):
+        if not _finite(data):
+            return start + offset
+    return len(frames)
 
 
 def _finite(data: Any) -> bool:
