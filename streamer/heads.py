@@ -175,12 +175,29 @@ class FrameHead:
         """``y [T, K]`` -> T ``frame`` outputs."""
         _check(y, steps)
         labels = self.scorer.labels
-        rows = self.scorer(y).tolist()  # one conversion, not one per row
+        scored = self.scorer(y)
+        rows = scored.tolist()  # one conversion, not one per row
+        if self.labeler.labels == labels:  # the labels of all rows at once
+            chosen = self.labeler.rows(scored)
+        else:
+            chosen = [self.labeler(dict(zip(labels, row, strict=True))) for row in rows]
+        stream = self.stream
         return [
-            _output(
-                self.stream, "frame", step, step, dict(zip(labels, row, strict=True)), self.labeler
+            Output(
+                stream,
+                "frame",
+                step.index,
+                step.index,
+                step.pts,
+                label,
+                dict(zip(labels, row, strict=True)),
+                step.captured,
+                None,
+                step.pts,
+                step.end,
+                {},
             )
-            for step, row in zip(steps, rows, strict=True)
+            for step, row, label in zip(steps, rows, chosen, strict=True)
         ]
 
     def gap(self) -> list[Output]:

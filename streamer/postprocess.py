@@ -14,7 +14,11 @@ grouped into calls: streaming equals offline.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
 
 from streamer.frames import Output
 
@@ -68,6 +72,27 @@ class Labeler:
             if label in self.thresholds and scores[label] >= self.thresholds[label]
         }
         return argmax_label(on) if on else self.default
+
+    def rows(self, scores: Tensor) -> list[str]:
+        """The label of each row of ``scores [T, L]`` (columns in ``labels`` order): what
+        calling the labeler on each row gives, in a few tensor operations. Rows with a NaN
+        or an infinity go one by one (their order is Python's, not the tensor's)."""
+        if scores.ndim != 2 or scores.shape[1] != len(self.labels):
+            raise ValueError(f"labeler: scores must be [T, {len(self.labels)}]")
+        if not bool(torch.isfinite(scores).all()):
+            return [self(dict(zip(self.labels, row, strict=True))) for row in scores.tolist()]
+        if not self.thresholds:
+            return [self.labels[i] for i in scores.argmax(dim=1).tolist()]
+        limits = torch.tensor(
+            [self.thresholds.get(label, math.inf) for label in self.labels], dtype=scores.dtype
+        )
+        has = torch.tensor([label in self.thresholds for label in self.labels])
+        on = has & (scores >= limits)
+        best = torch.where(on, scores, torch.full_like(scores, -math.inf)).argmax(dim=1)
+        return [
+            self.labels[i] if any_on else self.default
+            for i, any_on in zip(best.tolist(), on.any(dim=1).tolist(), strict=True)
+        ]
 
 
 @dataclasses.dataclass(slots=True)

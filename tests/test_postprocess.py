@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -241,3 +242,27 @@ def test_a_sequence_output_makes_a_segment_over_the_whole_stream() -> None:
     whole = Output("mic", "sequence", 0, 599, 5.99, "speech", {"speech": 1.0}, 0.0, t0=0.0, t1=6.0)
     out = run(Smoother("silence", frame_duration=0.01, min_on=1.0), [whole])
     assert segments(out) == [("speech", 0, 599, 0.0, 6.0)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.lists(
+            st.sampled_from([0.0, 0.3, 0.5, 0.5, 0.7, 1.0, -2.0, float("nan"), float("inf")]),
+            min_size=3,
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    thresholds=st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from([0.3, 0.5, 0.7])),
+    default=st.sampled_from([None, "a", "c"]),
+)
+def test_labeler_rows_equal_the_labeler_on_each_row(
+    values: list[list[float]], thresholds: dict[str, float], default: str | None
+) -> None:
+    """The vectorised labels of a block (what frame heads use) are those of the labeler
+    called row by row: ties to the first label, thresholds, the default, NaN and Inf."""
+    labeler = Labeler(["a", "b", "c"], thresholds, default)
+    rows = [labeler(dict(zip("abc", row, strict=True))) for row in values]
+    assert labeler.rows(torch.tensor(values, dtype=torch.float64)) == rows

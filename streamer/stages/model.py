@@ -11,8 +11,9 @@ Modes:
   dropped upstream arrive as gaps.
 - ``online``: lossless; a stream is stepped once ``chunk`` steps are pending.
 - ``offline``: a stream's steps are collected to its end (or a resetting gap) and run in
-  one ``forward`` (bidirectional models allowed), or in ``offline_chunk``-step pieces for
-  very long causal inputs, which gives the same result.
+  one ``forward`` (bidirectional models allowed); with ``offline_chunk`` a causal model
+  is stepped in pieces of that many steps as soon as each is collected, so reading, the
+  model and the outputs overlap (the same result: streaming equals offline).
 
 Lookahead ``L``: the model's output at step ``s`` belongs to step ``s - L`` (a model trained
 with an ``L``-step delay), so the output for frame ``t`` is emitted once frame ``t + L`` has
@@ -446,6 +447,8 @@ class ModelStage:
         """Step every stream with enough pending steps (any pending with ``force``), or
         just the streams ``only`` (before their markers are applied)."""
         if self.mode == "offline":
+            if not force:
+                await self._offline_pieces(outbox)
             return
         need = 1 if (force or self.mode == "realtime") else self.settings.chunk
         ready = {
@@ -508,26 +511,62 @@ class ModelStage:
             # decoding needs the state after each step, which one forward does not give
             await self._step_chunks({stream: ctx}, {stream: x}, {stream: steps}, outbox)
             return
+        if self.settings.offline_chunk and self.model.causal:
+            await self._step_pieces(stream, ctx, x, steps, outbox, final=True)
+            return
         lookahead = self.settings.lookahead
         if lookahead:
             x = torch.cat([x, x.new_zeros((lookahead, *x.shape[1:]))])
-        piece = self.settings.offline_chunk
-        if piece and self.model.causal and x.shape[0] > piece:
-            parts = []
-            for begin in range(0, x.shape[0], piece):
-                part = {stream: x[begin : begin + piece]}
-                self._count(1)
-                out = await self.worker.call(
-                    step_batch, self.model, self.store, part, self.clock.now()
-                )
-                parts.append(out[stream])
-            y = torch.cat(parts)
-        else:
-            self._count(1)
-            y = (await self.worker.call(self.model.forward, x.unsqueeze(0)))[0]
+        self._count(1)
+        y = (await self.worker.call(self.model.forward, x.unsqueeze(0)))[0]
         ctx.skip = 0
         await self._deliver(stream, ctx, y[lookahead:], steps, outbox)
         ctx.skip = lookahead
+
+    async def _offline_pieces(self, outbox: Channel[Any]) -> None:
+        """Offline with ``offline_chunk`` and a causal model: each stream's full pieces are
+        stepped as soon as they are collected (reading, the model and the outputs overlap);
+        the rest waits for more input, the stream's end or a resetting gap."""
+        piece = self.settings.offline_chunk
+        if not piece or not self.model.causal:
+            return
+        for stream, ctx in list(self._streams.items()):
+            if ctx.generator is None and ctx.pending >= piece:
+                x, steps = torch.cat(ctx.pending_x), ctx.pending_steps
+                ctx.pending_x, ctx.pending_steps = [], []
+                await self._step_pieces(stream, ctx, x, steps, outbox, final=False)
+
+    async def _step_pieces(
+        self,
+        stream: str,
+        ctx: _Stream,
+        x: Tensor,
+        steps: list[Step],
+        outbox: Channel[Any],
+        final: bool,
+    ) -> None:
+        """Step ``x [T, *F]`` in ``offline_chunk``-step pieces from the stream's state. Not
+        ``final``: only whole pieces, the rest back to pending. ``final``: all of it, then
+        ``lookahead`` zero steps so the last steps get their outputs (``_deliver`` skips
+        the first ``lookahead`` rows, as online)."""
+        piece = self.settings.offline_chunk
+        if not final:
+            whole = x.shape[0] // piece * piece
+            if whole < x.shape[0]:
+                ctx.pending_x, ctx.pending_steps = [x[whole:]], steps[whole:]
+            x, steps = x[:whole], steps[:whole]
+        elif self.settings.lookahead:
+            x = torch.cat([x, x.new_zeros((self.settings.lookahead, *x.shape[1:]))])
+        for begin in range(0, x.shape[0], piece):
+            self._count(1)
+            out = await self.worker.call(
+                step_batch,
+                self.model,
+                self.store,
+                {stream: x[begin : begin + piece]},
+                self.clock.now(),
+            )
+            await self._deliver(stream, ctx, out[stream], steps[begin : begin + piece], outbox)
 
     def _count(self, streams: int) -> None:
         """One model call over ``streams`` streams, for the report."""
