@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -119,6 +120,36 @@ class Channel(Generic[T]):
         self.stats.sent += 1
         self._update_depth()
         self._not_empty.set()
+
+    async def send_many(self, items: Sequence[T]) -> None:
+        """Each of ``items`` in order, as :meth:`send` would put them, with one wake-up of
+        the receiver per run that fits rather than one per item. Under ``latest`` (where a
+        frame may displace another) it is :meth:`send` item by item."""
+        if self.policy == "latest":
+            for item in items:
+                await self.send(item)
+            return
+        done = 0
+        while done < len(items):
+            if self._producers <= 0:
+                raise ChannelClosed(f"channel '{self.name}' is closed")
+            if self._receiver_gone:
+                raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
+            room = self.capacity - len(self._buffer)
+            if room <= 0:
+                self._not_full.clear()
+                await self._not_full.wait()
+                continue
+            run = items[done : done + room]
+            for item in run:
+                self._buffer.append((self._seq, -1, item))
+                self._seq += 1
+                if isinstance(item, Frame):
+                    self._queued[item.stream] = self._queued.get(item.stream, 0) + 1
+            done += len(run)
+            self.stats.sent += len(run)
+            self._update_depth()
+            self._not_empty.set()
 
     def close_receiver(self) -> None:
         """The receiver has gone: senders waiting for room wake with :class:`ChannelClosed`

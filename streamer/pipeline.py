@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 
 from streamer.channels import Channel, Policy
 from streamer.clock import Clock, RealClock
+from streamer.collector import run_heap
 from streamer.errors import StageError, StreamerError
 from streamer.frames import Frame, Output, StreamEnd, StreamStart
 from streamer.metrics import Metrics
@@ -114,6 +115,10 @@ class Pipeline:
     # -- running -----------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
         """Run to the end of input (or a stop); returns the metrics summary."""
+        with run_heap():  # what exists before the run is not rescanned by the collector
+            return await self._run()
+
+    async def _run(self) -> dict[str, Any]:
         metrics = self.metrics
         assert metrics is not None
         self._main = asyncio.current_task()
@@ -277,9 +282,15 @@ class Pipeline:
         metrics = self.metrics
         assert metrics is not None
         try:
-            async for item in inbox:
-                if isinstance(item, Output):
-                    latency = (self.clock.now() - item.captured) * 1000.0
+            async for first in inbox:
+                # what is already queued goes on together, stamped at the same moment
+                outputs: list[Output] = []
+                now = self.clock.now()
+                for item in [first, *inbox.take_ready(MAX_SEND_BATCH - 1)]:
+                    if not isinstance(item, Output):
+                        metrics.on_marker(item)
+                        continue
+                    latency = (now - item.captured) * 1000.0
                     # Stamped in place: the output is handed over here and not yet shared,
                     # and a copy per output (dataclasses.replace) costs more than the stamp.
                     object.__setattr__(
@@ -287,12 +298,11 @@ class Pipeline:
                     )
                     if sink_edges:
                         self._undelivered.append(item)
+                        outputs.append(item)
                     else:
                         metrics.on_output(item)
-                    for edge in sink_edges:
-                        await edge.send(item)
-                else:
-                    metrics.on_marker(item)
+                for edge in sink_edges:
+                    await edge.send_many(outputs)
         finally:
             for edge in sink_edges:
                 edge.close()

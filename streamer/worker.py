@@ -43,6 +43,16 @@ class Worker:
         with self.clock.busy():
             return await asyncio.wrap_future(future)
 
+    def start(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
+        """Hand ``fn(*args, **kwargs)`` to the thread now; await the returned future later
+        (the caller goes on meanwhile; the clock counts the call busy until it settles).
+        Must be called from the event loop's thread."""
+        busy = self.clock.busy()
+        busy.__enter__()
+        future = asyncio.wrap_future(self._submit(lambda: fn(*args, **kwargs)))
+        future.add_done_callback(lambda _: busy.__exit__(None, None, None))
+        return future
+
     async def call_through(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Like :meth:`call`, but a cancellation lets a call already handed over finish
         first (then propagates): for a short write that must land together with the

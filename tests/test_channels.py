@@ -238,3 +238,49 @@ def test_latest_accounts_for_every_frame(capacity: int, script: list[Op], ends: 
                 assert covered == list(range(count)), (stream, n, seen[stream])
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    capacity=st.integers(1, 6),
+    batches=st.lists(st.integers(0, 9), max_size=8),
+    policy=st.sampled_from(["block", "latest"]),
+)
+def test_send_many_delivers_what_sends_one_by_one_deliver(
+    capacity: int, batches: list[int], policy: str
+) -> None:
+    """Batches through ``send_many`` into a small channel with a slow receiver arrive as
+    the same items, in the same order, with the same counts, as item-by-item sends; the
+    sender waits for room (block) instead of overfilling."""
+
+    async def run(batched: bool) -> tuple[list[object], int, int]:
+        channel: Channel[object] = Channel("edge", capacity, policy)  # type: ignore[arg-type]
+        got: list[object] = []
+
+        async def receive() -> None:
+            async for item in channel:
+                assert channel.stats.depth <= capacity
+                got.append(item)
+                await asyncio.sleep(0)
+
+        async def send() -> None:
+            n = 0
+            for size in batches:
+                items = [StreamEnd(f"s{n + i}", frames=0) for i in range(size)]
+                n += size
+                if batched:
+                    await channel.send_many(items)
+                else:
+                    for item in items:
+                        await channel.send(item)
+            channel.close()
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(receive())
+            group.create_task(send())
+        return got, channel.stats.sent, channel.stats.max_depth
+
+    one, many = asyncio.run(run(False)), asyncio.run(run(True))
+    assert [i.stream for i in many[0]] == [i.stream for i in one[0]]  # type: ignore[attr-defined]
+    assert many[1] == one[1] == sum(batches)
+    assert many[2] <= capacity

@@ -350,6 +350,24 @@ async def test_online_steps_in_chunks_and_offline_in_one_forward() -> None:
     assert pieces.lengths[1:] == [10, 10, 10, 10]
 
 
+async def test_offline_pieces_are_output_while_the_stream_still_comes() -> None:
+    """Offline with ``offline_chunk``, a causal model: a piece's outputs leave while later
+    frames still arrive (paced on the virtual clock), not after the stream's end; the
+    outputs are the one-forward outputs all the same."""
+    frames = random_frames(40, 3)
+    script = stream_script("s", frames)
+    run, _, _ = await run_stage(
+        MODELS["gru"], [script], settings_for(offline_chunk=10), "offline", pace="realtime"
+    )
+    whole, _, _ = await run_stage(MODELS["gru"], [script], settings_for(), "offline")
+    first = next(o for o in run.outputs if o.kind == "frame" and o.start == 0)
+    # out once the second piece was in (20 frames), long before the 40th frame came
+    assert first.latency_ms is not None
+    assert first.latency_ms < 25 * FRAME_S * 1000
+    assert frame_outputs(run.outputs, "s")[0] == list(range(40))
+    close(frame_outputs(run.outputs, "s")[1], frame_outputs(whole.outputs, "s")[1])
+
+
 async def test_declared_lookahead_delay_in_the_report() -> None:
     frames = random_frames(12, 2)
     script = stream_script("s", frames, meta={"chunk": F, "channels": 1})

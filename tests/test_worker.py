@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from streamer.clock import VirtualClock
 from streamer.worker import Worker
 
 
@@ -75,4 +76,21 @@ async def test_call_through_lands_the_call_before_cancelling() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert written == ["line"]
+    worker.close()
+
+
+async def test_started_call_runs_while_the_caller_goes_on_and_holds_virtual_time() -> None:
+    """``start`` hands the call over at once; the caller keeps running, the result comes
+    when awaited, and virtual time does not pass while the call is in flight."""
+    clock = VirtualClock()
+    worker = Worker("w", clock)
+    release = threading.Event()
+    future = worker.start(lambda: (release.wait(5), 42)[1])
+    sleeper = asyncio.ensure_future(clock.sleep(1.0))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not future.done() and not sleeper.done() and clock.now() == 0.0
+    release.set()
+    assert await future == 42
+    await asyncio.wait_for(sleeper, 5)  # once the call settled, time may pass again
     worker.close()

@@ -68,6 +68,10 @@ class SourceOptions:
     retry: bool = False
 
 
+#: An unpaced source gives the event loop a turn every this many frames.
+FAST_YIELD = 8
+
+
 class Pacer:
     """Delivers media time ``pts`` at clock time ``t0 + pts / speed`` (``realtime``)."""
 
@@ -78,6 +82,7 @@ class Pacer:
         self.pace = pace
         self.speed = speed
         self._t0: float | None = None
+        self._count = 0
 
     async def wait(self, pts: float) -> float:
         """Wait until ``pts`` is due; returns the capture timestamp to stamp the frame with."""
@@ -86,7 +91,12 @@ class Pacer:
         if self.pace == "realtime":
             await self.clock.sleep_until(self._t0 + pts / self.speed)
         else:
-            await asyncio.sleep(0)  # as fast as possible, but never starving the other tasks
+            # as fast as possible, but never starving the other tasks: a turn of the event
+            # loop every FAST_YIELD frames (a turn per frame costs more than a small frame)
+            self._count += 1
+            if self._count >= FAST_YIELD:
+                self._count = 0
+                await asyncio.sleep(0)
         return self.clock.now()
 
 

@@ -33,6 +33,7 @@ has been processed, so a slow model call never makes the streams it served look 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -111,6 +112,8 @@ class _Stream:
     clip_row: Tensor | None = None
     clip_steps: int = 0
     captions: int = 0
+    # offline pieces: the one being stepped on the worker, with its steps
+    inflight: tuple[asyncio.Future[dict[str, Tensor]], list[Step]] | None = None
 
     @property
     def pending(self) -> int:
@@ -502,6 +505,7 @@ class ModelStage:
 
     async def _run_offline(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
         """The whole collected sequence in one forward (or long causal pieces)."""
+        await self._land(stream, ctx, outbox)
         if not ctx.pending_x:
             return
         x = torch.cat(ctx.pending_x)
@@ -559,14 +563,27 @@ class ModelStage:
             x = torch.cat([x, x.new_zeros((self.settings.lookahead, *x.shape[1:]))])
         for begin in range(0, x.shape[0], piece):
             self._count(1)
-            out = await self.worker.call(
+            future = self.worker.start(
                 step_batch,
                 self.model,
                 self.store,
                 {stream: x[begin : begin + piece]},
                 self.clock.now(),
             )
-            await self._deliver(stream, ctx, out[stream], steps[begin : begin + piece], outbox)
+            # the piece before this one is output while this one runs
+            await self._land(stream, ctx, outbox)
+            ctx.inflight = (future, steps[begin : begin + piece])
+        if final:
+            await self._land(stream, ctx, outbox)
+
+    async def _land(self, stream: str, ctx: _Stream, outbox: Channel[Any]) -> None:
+        """Wait for the stream's piece in flight (if any) and deliver its outputs."""
+        if ctx.inflight is None:
+            return
+        future, steps = ctx.inflight
+        ctx.inflight = None
+        out = await future
+        await self._deliver(stream, ctx, out[stream], steps, outbox)
 
     def _count(self, streams: int) -> None:
         """One model call over ``streams`` streams, for the report."""
@@ -655,8 +672,7 @@ class ModelStage:
                 outputs += ctx.smoother.gap()
             elif closing == "end":
                 outputs += ctx.smoother.end()
-        for output in outputs:
-            await outbox.send(output)
+        await outbox.send_many(outputs)
 
     # -- one-to-many -------------------------------------------------------------------
     async def _generate(
