@@ -79,7 +79,7 @@ class Channel(Generic[T]):
         self._seq = 0
         self._last_seq: dict[str, int] = {}  # latest only: per stream, the last item sent
         self._pending_gaps: dict[str, _Pending] = {}
-        self._queued: dict[str, int] = {}  # frames waiting, per stream
+        self._queued: dict[str, int] = {}  # latest only: frames waiting, per stream
         self._producers = producers
         self._receiver_gone = False
         self._not_empty = asyncio.Event()
@@ -115,7 +115,7 @@ class Channel(Generic[T]):
                 previous = self._last_seq.get(stream, -1)
                 self._last_seq[stream] = seq
         self._buffer.append((seq, previous, item))
-        if isinstance(item, Frame):
+        if latest and isinstance(item, Frame):
             self._queued[item.stream] = self._queued.get(item.stream, 0) + 1
         self.stats.sent += 1
         self._update_depth()
@@ -144,8 +144,6 @@ class Channel(Generic[T]):
             for item in run:
                 self._buffer.append((self._seq, -1, item))
                 self._seq += 1
-                if isinstance(item, Frame):
-                    self._queued[item.stream] = self._queued.get(item.stream, 0) + 1
             done += len(run)
             self.stats.sent += len(run)
             self._update_depth()
@@ -186,6 +184,16 @@ class Channel(Generic[T]):
 
     def take_ready(self, limit: int | None = None) -> list[T]:
         """Everything already buffered (at most ``limit`` items), without waiting."""
+        if self.policy == "block":  # no gaps to interleave: the buffer's head, at once
+            buffer = self._buffer
+            count = len(buffer) if limit is None else min(limit, len(buffer))
+            if not count:
+                return []
+            taken = [buffer.popleft()[2] for _ in range(count)]
+            self.stats.received += count
+            self._update_depth()
+            self._not_full.set()
+            return taken
         items: list[T] = []
         while limit is None or len(items) < limit:
             item = self._take()
@@ -208,7 +216,7 @@ class Channel(Generic[T]):
         if not self._buffer:
             return None
         _, _, item = self._buffer.popleft()
-        if isinstance(item, Frame):
+        if self.policy == "latest" and isinstance(item, Frame):
             self._unqueue(item.stream)
         self.stats.received += 1
         self._update_depth()
