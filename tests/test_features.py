@@ -451,3 +451,30 @@ def test_raw_push_frames_equals_frame_by_frame(
     x, steps = run.push_frames(frames)
     assert torch.equal(x, torch.cat([xi for xi, _ in by_frame]))
     assert steps == [step for _, more in by_frame for step in more]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    count=st.integers(1, 6),
+    height=st.integers(2, 30),
+    width=st.integers(2, 30),
+    size=st.one_of(st.none(), st.tuples(st.integers(1, 12), st.integers(1, 12))),
+    rgb=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_pixels_push_frames_equals_frame_by_frame(
+    count: int, height: int, width: int, size: tuple[int, int] | None, rgb: bool, seed: int
+) -> None:
+    """A run of frames normalised in one pass holds exactly the values and steps that
+    ``push_frame`` gives frame by frame (resized or not, RGB or BGR)."""
+    rng = np.random.default_rng(seed)
+    frames = [
+        Frame("cam", i, i / 30, float(i), rng.integers(0, 256, (height, width, 3), np.uint8), 30)
+        for i in range(count)
+    ]
+    one = Pixels(size, rate=30, rgb=rgb)
+    run = Pixels(size, rate=30, rgb=rgb)
+    by_frame = [one.push_frame(frame) for frame in frames]
+    x, steps = run.push_frames(frames)
+    assert torch.equal(x, torch.cat([xi for xi, _ in by_frame]))
+    assert steps == [step for _, more in by_frame for step in more]
