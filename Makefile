@@ -37,6 +37,7 @@ test: system-deps $(STAMP) lint typecheck pytest
 train: APT_PACKAGES := $(APT_PACKAGES) espeak-ng
 train: system-deps $(STAMP)
 	$(BIN)/python pipelines/train_sound_events.py
+	$(BIN)/python pipelines/eval_sound_events.py
 	$(BIN)/python pipelines/train_motion.py
 	$(BIN)/python pipelines/train_caption.py
 

@@ -56,7 +56,6 @@ class SoundEventTagger(nn.Module):
         self.register_buffer("mean", torch.zeros(n_mels))
         self.register_buffer("std", torch.ones(n_mels))
         self.conv = nn.Conv1d(1, channels, 5, padding=2)
-        self.pool = nn.MaxPool1d(2)
         self.proj = nn.Linear(channels * (n_mels // 2), hidden)
         self.rnn = nn.GRU(hidden, hidden, num_layers=layers, batch_first=True)
         self.head = nn.Linear(hidden, labels)
@@ -69,7 +68,8 @@ class SoundEventTagger(nn.Module):
         """``x [B, T, n_mels]`` -> the GRU's input ``[B, T, hidden]`` (per step, no state)."""
         batch, steps, mels = x.shape
         z = ((x - self.mean) / self.std).reshape(batch * steps, 1, mels)
-        z = self.pool(torch.relu(self.conv(z))).flatten(1)
+        z = self.conv(z).unflatten(-1, (-1, 2)).max(-1).values  # pooled: [B*T, C, n_mels // 2]
+        z = torch.relu(z).flatten(1)
         return torch.relu(self.proj(z)).reshape(batch, steps, -1)
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
