@@ -5,16 +5,20 @@ Labels, in the order of the outputs: ``still``, ``left``, ``right``, ``up``, ``d
 this one. A single frame cannot tell a direction; the state carried from frame to frame
 does (many-to-many, causal, one output per frame).
 
-The encoder sees one frame at a time (streamer's ``pixels`` features: ``[3, 48, 64]`` RGB
-scaled to [-1, 1], see :data:`INPUT_SIZE`, :data:`MEAN`, :data:`STD`). A 4x4-patch
-convolution and two 3x3 ones (batch-normalised, 12x16 cells) make :data:`KEYPOINTS` heat
-maps; a spatial soft-argmax turns each into a point (x, y) in [-1, 1] and a strength, so
-the encoding is *where* things are, to a fraction of a cell. Point 0 is trained to follow
-the main object (the renderer knows its centre); the others are free.
-The state carries the GRU's hidden vector and the previous frame's encoding, so the GRU
-sees each frame's encoding and its change since the frame before (the points' motion);
-after a dropped frame (``on_gap = "keep"``) that change spans the frames in between,
-which points the same way.
+The encoder sees one frame and the one before (streamer's ``pixels`` features: ``[3, 48,
+64]`` RGB scaled to [-1, 1], see :data:`INPUT_SIZE`, :data:`MEAN`, :data:`STD`). A
+4x4-patch convolution of the frame and of its difference to the frame before (one
+convolution of each frame, its second half differenced: no second pass), then two 3x3
+ones (batch-normalised, 12x16 cells) make :data:`KEYPOINTS` heat maps; a spatial
+soft-argmax turns each into a point (x, y) in [-1, 1] and a strength, so the encoding is
+*where* things are, to a fraction of a cell. Point 0 is trained to follow the main object
+(the renderer knows its centre); the others are free. Beside the encoding the GRU gets a
+fixed motion signal without weights, :func:`flow`: Lucas-Kanade flow between the grey
+frame and the one before, per region of a three-level pyramid (sub-pixel drifts to fast
+moves). The state carries the GRU's hidden vector, the previous frame's encoding, its
+patch features and its grey image, so the GRU sees each frame's encoding, its change
+since the frame before (the points' motion) and the flow; after a dropped frame
+(``on_gap = "keep"``) those changes span the frames in between, which points the same way.
 
 ``motion.pt`` beside this module holds the trained weights (a state dict of
 :class:`MotionLabeller`), made by ``python pipelines/train_motion.py``; :func:`trained`
@@ -28,6 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipelines.motion_scenes import LABELS as LABELS
@@ -41,18 +46,47 @@ STD = (0.5, 0.5, 0.5)
 KEYPOINTS = 16
 TEMPERATURE = 10.0  # heat maps' scale: peaked soft-argmax from the start
 DIFF_SCALE = 30.0  # a point moves ~0.01-0.07 a frame: scaled to about 1
+PIXEL_DIFF = 4.0  # the first layer's difference term: pixel changes are small
+FLOW_LEVELS = 3  # the flow's pyramid: 64x48, 32x24, 16x12
+FLOW_REGIONS = (3, 4)  # (rows, columns) of regions, per level
+FLOW_SIZE = FLOW_LEVELS * FLOW_REGIONS[0] * FLOW_REGIONS[1] * 3
 
-State = tuple[Tensor, Tensor, Tensor]
+State = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def flow(grey: Tensor, before: Tensor) -> Tensor:
+    """Lucas-Kanade flow between grey frames ``before`` and ``grey [N, 1, H, W]`` ->
+    ``[N, FLOW_SIZE]``: per pyramid level (halved each time) and region
+    (:data:`FLOW_REGIONS`), the flow ``(u, v)`` (pixels of that level a frame, least
+    squares over the region, clamped to 4) and the log energy of the change. No weights:
+    a fixed, exact motion signal for the GRU (sub-pixel drifts included), beside the
+    learnt keypoints."""
+    out = []
+    for level in range(FLOW_LEVELS):
+        if level:
+            grey, before = F.avg_pool2d(grey, 2), F.avg_pool2d(before, 2)
+        mean = (grey + before) * 0.5
+        it = grey - before
+        ix = F.pad(mean[..., :, 2:] - mean[..., :, :-2], (1, 1)) * 0.5
+        iy = F.pad(mean[..., 2:, :] - mean[..., :-2, :], (0, 0, 1, 1)) * 0.5
+        products = torch.cat([ix * it, iy * it, ix * ix, iy * iy, it * it], 1)  # [N, 5, h, w]
+        sums = F.adaptive_avg_pool2d(products, FLOW_REGIONS).flatten(2)  # [N, 5, R]
+        u = -sums[:, 0] / (sums[:, 2] + 1e-3)
+        v = -sums[:, 1] / (sums[:, 3] + 1e-3)
+        energy = torch.log(sums[:, 4] + 1e-5) * 0.2 + 1.0
+        out += [u.clamp(-4, 4), v.clamp(-4, 4), energy]
+    return torch.cat(out, 1)
 
 
 class MotionLabeller(nn.Module):
     """``forward(x [B, T, 3, H, W], state) -> (logits [B, T, 5], state)``.
 
-    ``state = (h [1, B, hidden], previous encoding [B, E], seen [B, 1])``; ``None`` or
+    ``state = (h [1, B, hidden], previous encoding [B, E], seen [B, 1], previous patch
+    features [B, C, h, w], previous grey frame [B, 1, H, W])``; ``None`` or
     :meth:`initial_state` is a fresh stream (``seen = 0``: no change at the first frame).
     """
 
-    state_batch_axes = (1, 0, 0)
+    state_batch_axes = (1, 0, 0, 0, 0)
     causal = True
 
     def __init__(
@@ -60,11 +94,13 @@ class MotionLabeller(nn.Module):
     ) -> None:
         super().__init__()
         self.hidden = hidden
-        self.conv = nn.Sequential(  # [3, 48, 64] -> [32, 12, 16]
-            nn.Conv2d(3, 24, 4, stride=4),  # 4x4 patches
-            nn.BatchNorm2d(24),
+        self.channels = 24
+        # [3, 48, 64] -> [2 x 24, 12, 16]: 4x4 patches, half of them taken as a difference
+        self.patch = nn.Conv2d(3, 2 * self.channels, 4, stride=4)
+        self.conv = nn.Sequential(  # [24, 12, 16] -> [32, 12, 16]
+            nn.BatchNorm2d(self.channels),
             nn.ReLU(),
-            nn.Conv2d(24, 32, 3, padding=1),
+            nn.Conv2d(self.channels, 32, 3, padding=1),
             nn.BatchNorm2d(32),
             nn.ReLU(),
             nn.Conv2d(32, 32, 3, padding=1),
@@ -73,31 +109,45 @@ class MotionLabeller(nn.Module):
         )
         self.heat = nn.Conv2d(32, keypoints, 3, padding=1)
         self.encoding = 3 * keypoints + 32  # points (x, y), strengths, pooled appearance
-        self.proj = nn.Linear(2 * self.encoding, hidden)
+        self.proj = nn.Linear(2 * self.encoding + FLOW_SIZE, hidden)
         self.rnn = nn.GRU(hidden, hidden, batch_first=True)
         self.head = nn.Linear(hidden, labels)
 
     def initial_state(self, batch: int) -> State:
         """A fresh state (zeros, ``seen = 0``)."""
         device = self.head.weight.device
+        h, w = INPUT_SIZE[1] // 4, INPUT_SIZE[0] // 4
         return (
             torch.zeros(1, batch, self.hidden, device=device),
             torch.zeros(batch, self.encoding, device=device),
             torch.zeros(batch, 1, device=device),
+            torch.zeros(batch, self.channels, h, w, device=device),
+            torch.zeros(batch, 1, INPUT_SIZE[1], INPUT_SIZE[0], device=device),
         )
 
-    def encode(self, x: Tensor) -> Tensor:
-        """``x [N, 3, H, W]`` -> ``[N, E]``: per heat map its soft-argmax point (x, y) in
-        [-1, 1] (the image's edges), then the maps' log-sum-exp strengths, then the mean of
-        the conv features. Point 0 is trained to follow the main object (its centre is
-        known in rendered clips: see ``train_motion.py``); the others are free."""
-        features = self.conv(x)  # [N, 32, h, w]
+    def patches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, 3, H, W]`` -> the patch features ``(a, b)``, each ``[N, C, H/4, W/4]``:
+        ``a`` is taken as it is, ``b`` as its change since the frame before."""
+        p = self.patch(x)
+        return p[:, : self.channels], p[:, self.channels :]
+
+    def encode(self, a: Tensor, change: Tensor) -> Tensor:
+        """Patch features ``a [N, C, h, w]`` and ``change [N, C, h, w]`` (``b`` minus the
+        frame before's ``b``; zeros where unknown) -> ``[N, E]``. The first layer, ``a +
+        change``, is a linear map of the frame and of its pixel difference to the frame
+        before, so the layers above see both where things are and which way their edges
+        move. Then per heat map its soft-argmax point (x, y) in [-1, 1] (the image's
+        edges), the maps' log-sum-exp strengths, and the mean of the conv features. Point
+        0 is trained to follow the main object (its centre is known in rendered clips: see
+        ``train_motion.py``); the others are free."""
+        first = a + change * PIXEL_DIFF
+        features = self.conv(first)  # [N, 32, h, w]
         heat = self.heat(features) * TEMPERATURE  # [N, K, h, w]
         n, k, h, w = heat.shape
         flat = heat.reshape(n, k, h * w)
         weights = torch.softmax(flat, dim=-1).reshape(n, k, h, w)
-        xs = (torch.arange(w, device=x.device) + 0.5) * (2.0 / w) - 1.0  # cell centres
-        ys = (torch.arange(h, device=x.device) + 0.5) * (2.0 / h) - 1.0
+        xs = (torch.arange(w, device=a.device) + 0.5) * (2.0 / w) - 1.0  # cell centres
+        ys = (torch.arange(h, device=a.device) + 0.5) * (2.0 / h) - 1.0
         px = (weights.sum(2) * xs).sum(-1)  # [N, K]
         py = (weights.sum(3) * ys).sum(-1)
         strength = torch.logsumexp(flat, dim=-1) / 10.0
@@ -106,19 +156,35 @@ class MotionLabeller(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         batch, steps = x.shape[:2]
-        z = self.encode(x.reshape(batch * steps, *x.shape[2:])).reshape(batch, steps, -1)
-        return self.step_encoded(z, state)
-
-    def step_encoded(self, z: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """The GRU over encodings ``z [B, T, E]`` (see :meth:`encode`)."""
-        batch, steps = z.shape[:2]
         if state is None:
             state = self.initial_state(batch)
+        h, previous, seen, last, last_grey = state
+        known = torch.cat([seen, seen.new_ones(batch, steps - 1)], dim=1)  # [B, T]
+        a, b = (p.reshape(batch, steps, *p.shape[1:]) for p in self.patches(x.flatten(0, 1)))
+        before = torch.cat([last[:, None], b[:, :-1]], dim=1)  # [B, T, C, h, w]
+        change = (b - before) * known[:, :, None, None, None]
+        z = self.encode(a.flatten(0, 1), change.flatten(0, 1)).reshape(batch, steps, -1)
+        grey = x.mean(2, keepdim=True)  # [B, T, 1, H, W]
+        grey_before = torch.cat([last_grey[:, None], grey[:, :-1]], dim=1)
+        grey_before = grey - (grey - grey_before) * known[:, :, None, None, None]
+        moved = flow(grey.flatten(0, 1), grey_before.flatten(0, 1)).reshape(batch, steps, -1)
+        y, (h, z_last, seen) = self.step_encoded(z, moved, (h, previous, seen))
+        return y, (h, z_last, seen, b[:, -1], grey[:, -1])
+
+    def step_encoded(
+        self, z: Tensor, moved: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """The GRU over encodings ``z [B, T, E]`` (see :meth:`encode`) and flows ``moved
+        [B, T, FLOW_SIZE]`` (see :func:`flow`); ``state = (h, previous encoding, seen)``
+        (``None``: fresh)."""
+        batch, steps = z.shape[:2]
+        if state is None:
+            state = self.initial_state(batch)[:3]
         h, previous, seen = state
         before = torch.cat([previous[:, None], z[:, :-1]], dim=1)  # [B, T, E]
         known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
         change = (z - before) * known * DIFF_SCALE
-        y, h = self.rnn(torch.relu(self.proj(torch.cat([z, change], dim=-1))), h)
+        y, h = self.rnn(torch.relu(self.proj(torch.cat([z, change, moved], dim=-1))), h)
         return self.head(y), (h, z[:, -1], torch.ones_like(seen))
 
 

@@ -1,14 +1,16 @@
 """Train the webcam motion labeller (``pipelines/motion.py``) on rendered clips.
 
-    python pipelines/train_motion.py [--clips 1200] [--budget 440] [--threads 1]
+    python pipelines/train_motion.py [--clips 800] [--total 580] [--threads 1]
 
 Renders labelled clips (``pipelines/motion_scenes.py``; ``--jobs`` processes), resizes
 them to the model's input as streamer's ``pixels`` features do, trains with cross-entropy
 per frame (clips flipped left-right and up-down at random, their labels swapped to
-match) plus a localiser loss (the encoder's first keypoint on the object's centre, which
-the renderer knows), saves ``pipelines/motion.pt``, and prints as JSON the per-frame accuracy on a
-held-out rendered set (a seed of its own), counting frames from the 6th frame of each
-motion on. Nothing is chosen by looking at the held-out set.
+match; the first frames of each motion, where its direction cannot be told yet, weigh
+``--early``) plus a localiser loss (the encoder's first keypoint on the object's centre,
+which the renderer knows), for the time the ``--total`` seconds leave after rendering,
+saves ``pipelines/motion.pt``, and prints as JSON the per-frame accuracy on a validation
+set and on a held-out rendered set (seeds of their own), counting frames from the 6th
+frame of each motion on. Nothing is chosen by looking at the held-out set.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ if str(ROOT) not in sys.path:
 
 from pipelines import motion, motion_scenes  # noqa: E402
 
-TRAIN_SEED, HELD_OUT_SEED = 1, 3
+TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 2, 3
+EVALUATE_S = 25.0  # seconds kept for the evaluation and saving after training
 #: Label permutations of the flips: left <-> right, up <-> down.
 FLIP_X = torch.tensor([0, 2, 1, 3, 4])
 FLIP_Y = torch.tensor([0, 1, 2, 4, 3])
@@ -75,6 +78,28 @@ def predict(model: motion.MotionLabeller, x: torch.Tensor, batch: int = 64) -> t
     return torch.cat(out)
 
 
+def as_input(rgb: torch.Tensor) -> torch.Tensor:
+    """``[..., 3, H, W]`` uint8 RGB -> float32 in [-1, 1]: :func:`motion.normalise` for
+    channel-first frames, in place (a training step's input; equal to 1e-7)."""
+    return rgb.to(torch.float32).mul_(2 / 255).sub_(1)
+
+
+def encodings(model: motion.MotionLabeller, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips ``x [B, T, 3, H, W]`` uint8 RGB -> encodings ``[B, T, E]`` and flows ``[B, T,
+    F]``, each clip from a fresh state (what :meth:`motion.MotionLabeller.forward` feeds
+    its GRU)."""
+    batch, steps = x.shape[:2]
+    frames = as_input(x)
+    a, b = (p.reshape(batch, steps, *p.shape[1:]) for p in model.patches(frames.flatten(0, 1)))
+    change = torch.cat([torch.zeros_like(b[:, :1]), b[:, 1:] - b[:, :-1]], dim=1)
+    z = model.encode(a.flatten(0, 1), change.flatten(0, 1)).reshape(batch, steps, -1)
+    with torch.no_grad():
+        grey = frames.mean(2, keepdim=True)  # [B, T, 1, H, W]
+        before = torch.cat([grey[:, :1], grey[:, :-1]], dim=1)
+        moved = motion.flow(grey.flatten(0, 1), before.flatten(0, 1))
+    return z, moved.reshape(batch, steps, -1)
+
+
 def locate_loss(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """The localiser's loss: encodings' point 0 ``z[..., (0, K)]`` against the object's
     centres ``[..., 2]`` (smooth L1, in tenths of the image)."""
@@ -95,14 +120,25 @@ def accuracy(predicted: torch.Tensor, labels: torch.Tensor) -> tuple[float, dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=1200, help="training clips")
+    parser.add_argument("--clips", type=int, default=800, help="training clips")
     parser.add_argument("--frames", type=int, default=40, help="frames per clip")
+    parser.add_argument("--validation", type=int, default=100, help="validation clips")
     parser.add_argument("--held-out", type=int, default=300, help="held-out clips")
-    parser.add_argument("--budget", type=float, default=440.0, help="training seconds at most")
+    parser.add_argument(
+        "--total",
+        type=float,
+        default=580.0,
+        help="seconds for the whole run: rendering, "
+        "training, evaluation (training gets what rendering leaves)",
+    )
+    parser.add_argument("--budget", type=float, default=None, help="training seconds at most")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--locate", type=float, default=1.0, help="localiser loss weight")
+    parser.add_argument(
+        "--early", type=float, default=1.0, help="loss weight of a motion's first 5 frames"
+    )
     parser.add_argument(
         "--locate-first", type=float, default=0.2, help="budget share of the localiser alone"
     )
@@ -114,14 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
 
     x, y, c = render(TRAIN_SEED, args.clips, args.frames, args.jobs)
+    x = x.movedim(-1, -3).contiguous()  # [N, T, 3, H, W]: channels first, as the model reads
+    weight = torch.where(torch.from_numpy(motion_scenes.counted(y.numpy())), 1.0, args.early)
+    xv, yv, _ = render(VALIDATION_SEED, args.validation, args.frames, args.jobs)
     xh, yh, _ = render(HELD_OUT_SEED, args.held_out, args.frames, args.jobs)
     rendered = time.monotonic() - began
-    print(f"rendered {len(x)}+{len(xh)} clips in {rendered:.0f} s", file=sys.stderr)
+    print(f"rendered {len(x)}+{len(xv)}+{len(xh)} clips in {rendered:.0f} s", file=sys.stderr)
+    budget = args.total - rendered - EVALUATE_S
+    if args.budget is not None:
+        budget = min(budget, args.budget)
 
     model = motion.build(hidden=args.hidden)
     params = list(model.parameters())
     optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
     generator = torch.Generator().manual_seed(0)
     trained_at = time.monotonic()
 
@@ -130,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. the localiser alone, on frames drawn from every clip (many scenes a step)
     located = 0
-    while spent() < args.budget * args.locate_first:
+    while spent() < budget * args.locate_first:
         clips = torch.randint(0, x.shape[0], (args.batch * 32,), generator=generator)
-        frames = torch.randint(0, x.shape[1], (args.batch * 32,), generator=generator)
-        z = model.encode(motion.normalise(x[clips, frames]))
+        frames = torch.randint(1, x.shape[1], (args.batch * 32,), generator=generator)
+        with torch.no_grad():
+            before = model.patches(as_input(x[clips, frames - 1]))[1]
+        a, b = model.patches(as_input(x[clips, frames]))
+        z = model.encode(a, b - before)
         loss = locate_loss(z, c[clips, frames])
         optimiser.zero_grad()
         torch.autograd.backward(loss)
@@ -144,31 +189,31 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
     # 2. everything, on whole clips, until the budget is spent; the learning rate follows
     # a cosine over the time left (a time budget, not a number of epochs)
-    joint_at, joint_s = spent(), args.budget * (1 - args.locate_first)
-    epochs = 0
-    while spent() < args.budget:
+    joint_at, joint_s = spent(), budget * (1 - args.locate_first)
+    epochs = steps = 0
+    while spent() < budget:
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for batch in torch.split(order, args.batch):
             done = min(1.0, (spent() - joint_at) / joint_s)
             for group in optimiser.param_groups:
                 group["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
-            xb, yb, cb = x[batch], y[batch], c[batch]
+            xb, yb, cb, wb = x[batch], y[batch], c[batch], weight[batch]
             if torch.rand(1, generator=generator) < 0.5:
-                xb, yb, cb = xb.flip(-2), FLIP_X[yb], cb * torch.tensor([-1.0, 1.0])
+                xb, yb, cb = xb.flip(-1), FLIP_X[yb], cb * torch.tensor([-1.0, 1.0])
             if torch.rand(1, generator=generator) < 0.5:
-                xb, yb, cb = xb.flip(-3), FLIP_Y[yb], cb * torch.tensor([1.0, -1.0])
-            n, steps = xb.shape[:2]
-            z = model.encode(motion.normalise(xb).flatten(0, 1)).reshape(n, steps, -1)
-            logits = model.step_encoded(z)[0]
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
-            loss = loss + args.locate * locate_loss(z, cb)
+                xb, yb, cb = xb.flip(-2), FLIP_Y[yb], cb * torch.tensor([1.0, -1.0])
+            z, moved = encodings(model, xb)
+            logits = model.step_encoded(z, moved)[0]
+            each = loss_fn(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
+            loss = (each * wb.reshape(-1)).sum() / wb.sum() + args.locate * locate_loss(z, cb)
             optimiser.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
+            steps += 1
             total += float(loss.detach()) * len(batch)
-            if spent() >= args.budget:
+            if spent() >= budget:
                 break
         epochs += 1
         print(f"epoch {epochs}: loss {total / len(x):.4f} ({spent():.0f} s)", file=sys.stderr)
@@ -176,17 +221,22 @@ def main(argv: list[str] | None = None) -> int:
 
     model.eval()
     torch.save(model.state_dict(), args.out)
+    validation, _ = accuracy(predict(model, xv), yv)
     held, per_label = accuracy(predict(model, xh), yh)
     report = {
         "render_seconds": round(rendered, 1),
         "train_seconds": round(train_s, 1),
+        "train_budget_seconds": round(budget, 1),
         "total_seconds": round(time.monotonic() - began, 1),
         "threads": args.threads,
         "render_jobs": args.jobs,
         "clips": len(x),
         "frames_per_clip": args.frames,
         "localiser_steps": located,
+        "steps": steps,
         "epochs": epochs,
+        "validation_clips": len(xv),
+        "validation_accuracy": round(validation, 4),
         "held_out_clips": len(xh),
         "held_out_accuracy": round(held, 4),
         "held_out_accuracy_per_label": {k: round(v, 4) for k, v in per_label.items()},

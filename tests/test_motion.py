@@ -99,6 +99,32 @@ def test_preprocess_is_what_the_pixels_features_give() -> None:
     assert torch.equal(motion.preprocess(frames), expected)
 
 
+def test_flow_points_the_way_a_pattern_moves() -> None:
+    """The model's fixed motion signal (Lucas-Kanade flow per region): a smooth pattern
+    moved by one pixel gives a flow of about one pixel that way in every region of the
+    finest level, across it about none; an unmoved one gives none."""
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(-1, 1, (12, 16)).astype(np.float32)
+    big = torch.from_numpy(cv2.resize(pattern, (80, 60), interpolation=cv2.INTER_CUBIC))
+    regions = motion.FLOW_REGIONS[0] * motion.FLOW_REGIONS[1]
+
+    def view(dx: int, dy: int) -> torch.Tensor:  # [1, 1, 48, 64]: the window moved by dx, dy
+        return big[None, None, 6 + dy : 54 + dy, 8 + dx : 72 + dx]
+
+    assert motion.flow(view(0, 0), view(0, 0))[0, : 2 * regions].abs().max() < 1e-6
+    for (dx, dy), (u_sign, v_sign) in {
+        (-1, 0): (1, 0),  # the window moves left: the pattern moves right
+        (1, 0): (-1, 0),
+        (0, 1): (0, -1),  # the pattern moves up
+        (0, -1): (0, 1),
+    }.items():
+        moved = motion.flow(view(dx, dy), view(0, 0))[0]
+        u, v = moved[:regions], moved[regions : 2 * regions]
+        along, across = (u * u_sign, v) if u_sign else (v * v_sign, u)
+        assert along.min() > 0.8 and along.max() < 1.2, (dx, dy, along)
+        assert across.abs().mean() < 0.4, (dx, dy, across)
+
+
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), frames=st.integers(1, 70))
 def test_render_is_seeded_and_the_labels_are_the_motions(seed: int, frames: int) -> None:
@@ -124,14 +150,14 @@ def test_counted_skips_the_first_five_frames_of_each_motion() -> None:
 
 def test_held_out_accuracy() -> None:
     """40 held-out clips of 40 frames (a seed of their own), as the training script's
-    held-out set (300 clips: 0.898): >= 86 % of the counted frames."""
+    held-out set (300 clips: 0.912; these 40: 0.895): >= 87 % of the counted frames."""
     clips = motion_scenes.render_set(11, 40, 40)
     x = torch.stack([motion.preprocess(c.frames) for c in clips])  # [B, T, 3, 48, 64]
     truth = np.stack([c.labels for c in clips])
     model = load_model(CONFIG["model"]["factory"])
     with torch.inference_mode():
         y, _ = model.step(x, model.initial_state(len(clips)))
-    assert accuracy(y.argmax(-1).numpy(), truth) >= 0.86
+    assert accuracy(y.argmax(-1).numpy(), truth) >= 0.87
 
 
 def test_streaming_equals_offline(tmp_path: Path) -> None:
@@ -210,7 +236,7 @@ def test_realtime_behind_a_slow_stage_drops_frames_and_keeps_the_labels(tmp_path
     scores = np.array([[o.scores[k] for k in LABELS] for o in outputs])
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     # the first frame after each gap, where its motion had gone on for 5 frames: about as
-    # right as any frame (the model's held-out accuracy is 0.9), where a reset state (no
+    # right as any frame (the model's held-out accuracy is 0.91), where a reset state (no
     # history: one frame cannot tell a direction) would mostly be wrong
     predicted = labels_of([{"label": o.label} for o in outputs])
     settled = counted(shown.labels)[kept]
@@ -222,7 +248,8 @@ def test_realtime_behind_a_slow_stage_drops_frames_and_keeps_the_labels(tmp_path
     with torch.inference_mode():
         fresh, _ = model.step(first, model.initial_state(len(first)))
     reset_right = (fresh[:, 0].argmax(-1).numpy() == truth[after_gap & settled]).mean()
-    assert kept_right >= 0.75 and kept_right >= reset_right + 0.3, (kept_right, reset_right)
+    # (0.75 measured with the shipped weights)
+    assert kept_right >= 0.7 and kept_right >= reset_right + 0.3, (kept_right, reset_right)
 
 
 def test_the_camera_stand_in_feeds_the_pipeline_live(tmp_path: Path) -> None:
