@@ -50,8 +50,12 @@ class JsonlSink:
         await self._worker.call_through(self._write, line)
 
     async def send_many(self, outputs: Sequence[Output]) -> None:
-        """Several outputs in one write and one flush (each still a whole line)."""
-        await self._worker.call_through(self._write, "".join(map(_line, outputs)))
+        """Several outputs in one write and one flush (each still a whole line), encoded
+        on the sink's thread: the event loop hands them over and goes on."""
+        await self._worker.call_through(self._write_many, list(outputs))
+
+    def _write_many(self, outputs: list[Output]) -> None:
+        self._write("".join(map(_line, outputs)))
 
     def _write(self, line: str) -> None:
         file = self._ensure_open()
