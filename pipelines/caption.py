@@ -28,12 +28,18 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pipelines import motion_scenes
+
+# the frames reach both models the same way (pixels at 64x48, RGB in [-1, 1])
+from pipelines.motion import INPUT_SIZE as INPUT_SIZE
+from pipelines.motion import MEAN as MEAN
+from pipelines.motion import STD as STD
+from pipelines.motion import normalise as normalise
+from pipelines.motion import resize_rgb as resize_rgb
 from pipelines.motion_scenes import COLOURS, SHAPES, Clip
 from pipelines.weights import load_trained
 
@@ -42,9 +48,6 @@ TRAIN_COMMAND = "python pipelines/train_caption.py"
 END = "<end>"
 DIRECTIONS = ("left", "right", "up", "down")
 VOCAB = (END, *COLOURS, *SHAPES, "moves", *DIRECTIONS, "is", "still", "stops", "then")
-INPUT_SIZE = (64, 48)  # (width, height): streamer's pixels feature_options.size
-MEAN = (0.5, 0.5, 0.5)  # pixels feature_options.mean/std: RGB in [-1, 1]
-STD = (0.5, 0.5, 0.5)
 MIN_FRAMES = 8  # the shortest clip captioned ([model] min_steps)
 MAX_TOKENS = 12  # the longest caption: 2 + 3 motions of 2 words + 2 "then", and <end>
 MAX_MOTIONS = 3  # motions in a training clip
@@ -89,26 +92,6 @@ def rendered_clip(seed: int, index: int) -> tuple[Clip, np.ndarray, str]:
 def tokens_of(caption: str) -> list[int]:
     """The token ids of ``caption``, then the end token's."""
     return [VOCAB.index(word) for word in caption.split()] + [VOCAB.index(END)]
-
-
-def resize_rgb(frames: np.ndarray) -> np.ndarray:
-    """``frames [T, H, W, 3]`` uint8 BGR -> ``[T, 48, 64, 3]`` uint8 RGB, resized as
-    streamer's ``pixels`` features resize (``cv2.INTER_AREA``)."""
-    out = np.empty((len(frames), INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)
-    for t, frame in enumerate(frames):
-        if (frame.shape[1], frame.shape[0]) != INPUT_SIZE:
-            frame = cv2.resize(frame, INPUT_SIZE, interpolation=cv2.INTER_AREA)
-        out[t] = frame[:, :, ::-1]
-    return out
-
-
-def normalise(rgb: Tensor) -> Tensor:
-    """``[..., H, W, 3]`` uint8 RGB -> ``[..., 3, H, W]`` float32, as ``pixels`` with
-    :data:`MEAN` and :data:`STD` computes it."""
-    x = rgb.to(torch.float32).movedim(-1, -3) / 255.0
-    mean = torch.tensor(MEAN)[:, None, None]
-    std = torch.tensor(STD)[:, None, None]
-    return (x - mean) / std
 
 
 # --- the model ------------------------------------------------------------------------

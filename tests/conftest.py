@@ -43,3 +43,9 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test from the repository root (ready pipelines' paths are relative to it)."""
+    monkeypatch.chdir(REPO)

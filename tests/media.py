@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import soundfile as sf
 
+from pipelines import motion_scenes
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEECH_RECORDING = REPO_ROOT / "recordings" / "speech_en"
 SPEECH_PIPELINE = REPO_ROOT / "pipelines" / "speech_energy.toml"
@@ -324,3 +326,10 @@ def assert_missing_weights_refused(
     assert str(absent) in message and "do not exist" in message
     assert command in message, message  # the command that makes it
     assert not out.exists()
+
+
+def lossless(path: Path, frames: np.ndarray, fps: float = 15.0) -> Path:
+    """``frames`` as an FFV1 video (lossless: it decodes to exactly ``frames``; a ``[T, H,
+    W]`` array makes a grey video, pixel format ``gray``)."""
+    motion_scenes.write_video(str(path), frames, fps, fourcc="FFV1")
+    return path

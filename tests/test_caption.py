@@ -16,34 +16,21 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from media import assert_missing_weights_refused
+from media import assert_missing_weights_refused, lossless
 
-from pipelines import caption, motion_scenes, train_caption
+from pipelines import caption, train_caption
 from streamer.cli import main
 from streamer.models.loading import load_model
 
 PIPELINE = REPO / "pipelines" / "clip_caption.toml"
 CONFIG = tomllib.loads(PIPELINE.read_text())
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline file's paths are relative to the repository root."""
-    monkeypatch.chdir(REPO)
-
-
-def lossless(path: Path, frames: np.ndarray, fps: float = 15.0) -> Path:
-    """``frames`` as an FFV1 video (it decodes to exactly ``frames``)."""
-    motion_scenes.write_video(str(path), frames, fps, fourcc="FFV1")
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "in_repo")
 
 
 def run(tmp: Path, argv: list[str]) -> list[dict[str, Any]]:

@@ -33,10 +33,8 @@ RAW_EXCEPTION = re.compile(r"^streamer: error: \w*(Error|Exception)\b")
 FACTORY = "pipelines.audio_tagging:build"
 
 
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Factories are imported from the current folder, as on the command line."""
-    monkeypatch.chdir(REPO_ROOT)
+# factories and pipeline paths resolve from the repository root, as on the command line
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def toml_value(value: Any) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media import REPO_ROOT, read_jsonl, tone_then_silence, write_audio, write_cut
+from media import read_jsonl, tone_then_silence, write_audio, write_cut
 from test_camera import free_port
 
 from streamer.cli import main
@@ -18,9 +18,8 @@ from streamer.cli import main
 PREFIX = "streamer: error: "
 
 
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO_ROOT)
+# factories and pipeline paths resolve from the repository root, as on the command line
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -75,8 +74,7 @@ def test_a_failing_source_does_not_stop_the_others_unless_fail_fast(
     bad = write_cut(full, tmp_path / "bad.flac", 0.1)  # stops decoding early
     pipeline = tmp_path / "two.toml"
     body = (
-        f'[[sources]]\nuri = "{good}"\npace = "realtime"\nspeed = 20\n'
-        f'[[sources]]\nuri = "{bad}"\n'
+        f'[[sources]]\nuri = "{good}"\npace = "realtime"\nspeed = 20\n[[sources]]\nuri = "{bad}"\n'
     )
     pipeline.write_text(body, encoding="utf-8")
     out = tmp_path / "out.jsonl"

@@ -25,7 +25,7 @@ import torch
 from conftest import REPO
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from media import assert_missing_weights_refused
+from media import assert_missing_weights_refused, lossless
 from test_camera import MjpegServer
 
 from pipelines import motion, motion_scenes
@@ -43,20 +43,7 @@ from streamer.testing import CaptureSink
 PIPELINE = REPO / "pipelines" / "webcam_labels.toml"
 CONFIG = tomllib.loads(PIPELINE.read_text())
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline file's paths are relative to the repository root."""
-    monkeypatch.chdir(REPO)
-
-
-def lossless(path: Path, frames: np.ndarray, fps: float = 15.0) -> Path:
-    """``frames`` as an FFV1 video (lossless: it decodes to exactly ``frames``; a ``[T, H,
-    W]`` array makes a grey video, pixel format ``gray``)."""
-    motion_scenes.write_video(str(path), frames, fps, fourcc="FFV1")
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "in_repo")
 
 
 def clip(seed: int, frames: int = 60, size: tuple[int, int] = (160, 120)) -> motion_scenes.Clip:

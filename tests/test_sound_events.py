@@ -32,13 +32,7 @@ PIPELINE = REPO / "pipelines" / "sound_events.toml"
 CONFIG = tomllib.loads(PIPELINE.read_text())["model"]
 RATE = sound_scenes.RATE
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline file's paths are relative to the repository root."""
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "in_repo")
 
 
 def f1(on: np.ndarray, truth: np.ndarray) -> np.ndarray:
