@@ -135,16 +135,17 @@ def _output(
     first: Step,
     last: Step,
     scores: dict[str, float],
-    labeler: Labeler,
+    label: str | None,
     extra: dict[str, Any] | None = None,
 ) -> Output:
+    """An output over the steps ``first`` .. ``last`` (its times from theirs)."""
     return Output(
         stream=stream,
         kind=kind,
         start=first.index,
         end=last.index,
         pts=last.pts,
-        label=labeler(scores),
+        label=label,
         scores=scores,
         captured=last.captured,
         t0=first.pts,
@@ -311,14 +312,8 @@ class WindowHead:
             reduced = probs.amax(dim=0)
         else:
             reduced = probs[-1]
-        return _output(
-            self.stream,
-            "window",
-            rows[0][0],
-            rows[-1][0],
-            self.scorer.scores(reduced),
-            self.labeler,
-        )
+        scores = self.scorer.scores(reduced)
+        return _output(self.stream, "window", rows[0][0], rows[-1][0], scores, self.labeler(scores))
 
 
 class SequenceHead:
@@ -379,9 +374,8 @@ class SequenceHead:
         if first is None or last is None or total is None:
             return []
         reduced = total / count if self.reduce == "mean" else total
-        return [
-            _output(self.stream, "sequence", first, last, self.scorer.scores(reduced), self.labeler)
-        ]
+        scores = self.scorer.scores(reduced)
+        return [_output(self.stream, "sequence", first, last, scores, self.labeler(scores))]
 
 
 class GenerateHead(Generic[S]):
@@ -468,34 +462,14 @@ class GenerateHead(Generic[S]):
                 break
             tokens.append(self.vocab[token])
             scores = {self.vocab[i]: float(probs[i]) for i in top}
-            yield Output(
-                stream=self.stream,
-                kind="token",
-                start=first.index,
-                end=last.index,
-                pts=last.pts,
-                label=self.vocab[token],
-                scores=scores,
-                captured=last.captured,
-                t0=first.pts,
-                t1=last.end,
-                extra={"position": position},
+            yield _output(
+                self.stream, "token", first, last, scores, self.vocab[token], {"position": position}
             )
             current = token
         if self.sequence:
             text = " ".join(tokens)
-            yield Output(
-                stream=self.stream,
-                kind="sequence",
-                start=first.index,
-                end=last.index,
-                pts=last.pts,
-                label=text,
-                scores={text: probability},
-                captured=last.captured,
-                t0=first.pts,
-                t1=last.end,
-                extra={"tokens": tokens},
+            yield _output(
+                self.stream, "sequence", first, last, {text: probability}, text, {"tokens": tokens}
             )
         return state
 
