@@ -91,10 +91,7 @@ class Channel(Generic[T]):
         """Put ``item`` in; waits while full, except a frame under ``latest``: it replaces
         its stream's queued frame (at most one frame per stream waits), and when the
         channel is full of other streams' frames it displaces the oldest of them."""
-        if self._producers <= 0:
-            raise ChannelClosed(f"channel '{self.name}' is closed")
-        if self._receiver_gone:
-            raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
+        self._check_open()
         latest = self.policy == "latest"
         if latest and isinstance(item, Frame) and self._queued.get(item.stream):
             self._drop_oldest_frame(item.stream)
@@ -131,10 +128,7 @@ class Channel(Generic[T]):
             return
         done = 0
         while done < len(items):
-            if self._producers <= 0:
-                raise ChannelClosed(f"channel '{self.name}' is closed")
-            if self._receiver_gone:
-                raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
+            self._check_open()
             room = self.capacity - len(self._buffer)
             if room <= 0:
                 self._not_full.clear()
@@ -148,6 +142,13 @@ class Channel(Generic[T]):
             self.stats.sent += len(run)
             self._update_depth()
             self._not_empty.set()
+
+    def _check_open(self) -> None:
+        """Sending needs a producer still open and a receiver still there."""
+        if self._producers <= 0:
+            raise ChannelClosed(f"channel '{self.name}' is closed")
+        if self._receiver_gone:
+            raise ChannelClosed(f"channel '{self.name}': its receiver has gone")
 
     def close_receiver(self) -> None:
         """The receiver has gone: senders waiting for room wake with :class:`ChannelClosed`

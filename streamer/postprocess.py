@@ -62,6 +62,11 @@ class Labeler:
         if default is not None and default not in self.labels:
             raise ValueError(f"default label {default!r} is not one of {self.labels}")
         self.default = default if default is not None else self.labels[0]
+        # for rows(): each label's threshold (inf without one) and whether it has one
+        self._limits = torch.tensor(
+            [self.thresholds.get(label, math.inf) for label in self.labels], dtype=torch.float64
+        )
+        self._has = torch.tensor([label in self.thresholds for label in self.labels])
 
     def __call__(self, scores: Mapping[str, float]) -> str:
         if not self.thresholds:
@@ -83,11 +88,7 @@ class Labeler:
             return [self(dict(zip(self.labels, row, strict=True))) for row in scores.tolist()]
         if not self.thresholds:
             return [self.labels[i] for i in scores.argmax(dim=1).tolist()]
-        limits = torch.tensor(
-            [self.thresholds.get(label, math.inf) for label in self.labels], dtype=scores.dtype
-        )
-        has = torch.tensor([label in self.thresholds for label in self.labels])
-        on = has & (scores >= limits)
+        on = self._has & (scores >= self._limits.to(scores.dtype))
         best = torch.where(on, scores, torch.full_like(scores, -math.inf)).argmax(dim=1)
         return [
             self.labels[i] if any_on else self.default
