@@ -15,10 +15,13 @@ soft-argmax turns each into a point (x, y) in [-1, 1] and a strength, so the enc
 (the renderer knows its centre); the others are free. Beside the encoding the GRU gets a
 fixed motion signal without weights, :func:`flow`: Lucas-Kanade flow between the grey
 frame and the one before, per region of a three-level pyramid (sub-pixel drifts to fast
-moves). The state carries the GRU's hidden vector, the previous frame's encoding, its
-patch features and its grey image, so the GRU sees each frame's encoding, its change
-since the frame before (the points' motion) and the flow; after a dropped frame
-(``on_gap = "keep"``) those changes span the frames in between, which points the same way.
+moves), and the main object's own flow (:func:`object_flow`): the camera's shift,
+measured on the background, is taken out, then the flow is measured in windows around
+point 0, so a slow drift under a shaking camera still shows. The state carries the GRU's
+hidden vector, the previous frame's encoding, its patch features and its grey image, so
+the GRU sees each frame's encoding, its change since the frame before (the points'
+motion) and the flows; after a dropped frame (``on_gap = "keep"``) those changes span
+the frames in between, which points the same way.
 
 ``motion.pt`` beside this module holds the trained weights (a state dict of
 :class:`MotionLabeller`), made by ``python pipelines/train_motion.py``; :func:`trained`
@@ -44,38 +47,141 @@ INPUT_SIZE = (64, 48)  # (width, height): streamer's pixels feature_options.size
 MEAN = (0.5, 0.5, 0.5)  # pixels feature_options.mean/std: RGB in [-1, 1]
 STD = (0.5, 0.5, 0.5)
 KEYPOINTS = 16
+HIDDEN = 96  # the GRU's hidden size
 TEMPERATURE = 10.0  # heat maps' scale: peaked soft-argmax from the start
 DIFF_SCALE = 30.0  # a point moves ~0.01-0.07 a frame: scaled to about 1
 PIXEL_DIFF = 4.0  # the first layer's difference term: pixel changes are small
 FLOW_LEVELS = 3  # the flow's pyramid: 64x48, 32x24, 16x12
 FLOW_REGIONS = (3, 4)  # (rows, columns) of regions, per level
-FLOW_SIZE = FLOW_LEVELS * FLOW_REGIONS[0] * FLOW_REGIONS[1] * 3
+REGION_FLOW_SIZE = FLOW_LEVELS * FLOW_REGIONS[0] * FLOW_REGIONS[1] * 3
+CAMERA_STEPS = (2, 1, 0)  # the camera shift's Lucas-Kanade steps: pyramid levels
+OBJECT_LEVELS = (0, 1)  # pyramid levels of the object's flow
+OBJECT_SIGMAS = (3.0, 6.0)  # the object's flow windows (Gaussian sigma, pixels of 64x48)
+OBJECT_FLOW_SIZE = 2 + len(OBJECT_LEVELS) * (3 * len(OBJECT_SIGMAS) + 2)
+FLOW_SIZE = REGION_FLOW_SIZE + OBJECT_FLOW_SIZE
 
 State = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-def flow(grey: Tensor, before: Tensor) -> Tensor:
+def flow(grey: Tensor, before: Tensor, centre: Tensor | None = None) -> Tensor:
     """Lucas-Kanade flow between grey frames ``before`` and ``grey [N, 1, H, W]`` ->
-    ``[N, FLOW_SIZE]``: per pyramid level (halved each time) and region
+    ``[N, REGION_FLOW_SIZE]``: per pyramid level (halved each time) and region
     (:data:`FLOW_REGIONS`), the flow ``(u, v)`` (pixels of that level a frame, least
     squares over the region, clamped to 4) and the log energy of the change. No weights:
     a fixed, exact motion signal for the GRU (sub-pixel drifts included), beside the
-    learnt keypoints."""
-    out = []
+    learnt keypoints.
+
+    With ``centre [N, 2]`` (the main object's (x, y) in [-1, 1], point 0 of the
+    encoding) -> ``[N, FLOW_SIZE]``: the above, then :func:`object_flow`."""
+    regions = []
+    g, b = grey, before
     for level in range(FLOW_LEVELS):
         if level:
-            grey, before = F.avg_pool2d(grey, 2), F.avg_pool2d(before, 2)
-        mean = (grey + before) * 0.5
-        it = grey - before
-        ix = F.pad(mean[..., :, 2:] - mean[..., :, :-2], (1, 1)) * 0.5
-        iy = F.pad(mean[..., 2:, :] - mean[..., :-2, :], (0, 0, 1, 1)) * 0.5
-        products = torch.cat([ix * it, iy * it, ix * ix, iy * iy, it * it], 1)  # [N, 5, h, w]
-        sums = F.adaptive_avg_pool2d(products, FLOW_REGIONS).flatten(2)  # [N, 5, R]
-        u = -sums[:, 0] / (sums[:, 2] + 1e-3)
-        v = -sums[:, 1] / (sums[:, 3] + 1e-3)
-        energy = torch.log(sums[:, 4] + 1e-5) * 0.2 + 1.0
-        out += [u.clamp(-4, 4), v.clamp(-4, 4), energy]
+            g, b = F.avg_pool2d(g, 2), F.avg_pool2d(b, 2)
+        sums = F.adaptive_avg_pool2d(_products(g, b), FLOW_REGIONS).flatten(2)  # [N, 5, R]
+        regions += _solve(sums)
+    if centre is None:
+        return torch.cat(regions, 1)
+    return torch.cat([*regions, object_flow(grey, before, centre)], 1)
+
+
+def object_flow(grey: Tensor, before: Tensor, centre: Tensor) -> Tensor:
+    """The main object's own motion between grey frames ``before`` and ``grey [N, 1, H,
+    W]``, the object at ``centre [N, 2]`` ((x, y) in [-1, 1]) -> ``[N,
+    OBJECT_FLOW_SIZE]``: the camera's shift (the background's, outside a window around
+    the object: Lucas-Kanade, coarse to fine (:data:`CAMERA_STEPS`), ``before`` moved by
+    the estimate between steps; 2, pixels of 64x48), then, ``before`` moved by that
+    shift (the camera's jitter cancelled), per level of :data:`OBJECT_LEVELS`: the flow
+    ``(u, v)`` in Gaussian windows around the object (:data:`OBJECT_SIGMAS`) and of the
+    background left, and the log energy of the change in the windows. Both frames are
+    standardised first (lighting changes cancelled)."""
+    n, _, h, w = grey.shape
+    stacked = torch.cat([grey, before], 1)  # [N, 2, H, W]
+    mean = stacked.mean((2, 3), keepdim=True)
+    stacked = (stacked - mean) / (stacked.std((2, 3), keepdim=True) + 1e-3)
+    pyramid = [torch.cat([stacked, _windows(centre, h, w)], 1)]  # [N, 2 + S + 1, H, W]
+    for _ in range(1, max(*CAMERA_STEPS, *OBJECT_LEVELS) + 1):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2))
+    shift = grey.new_zeros(n, 2)
+    for level in CAMERA_STEPS:
+        p = pyramid[level]
+        moved = _shift(p[:, 1:2], shift * 2.0**-level)
+        u, v, _ = _solve2(_window_sums(p[:, :1], moved, p[:, -1:]))
+        shift = (shift + torch.cat([u, v], 1) * 2.0**level).clamp(-6, 6)
+    out = [shift.clamp(-4, 4)]
+    for level in OBJECT_LEVELS:
+        p = pyramid[level]
+        moved = _shift(p[:, 1:2], shift * 2.0**-level)
+        u, v, energy = _solve2(_window_sums(p[:, :1], moved, p[:, 2:]))
+        out += [u, v, energy[:, :-1]]
     return torch.cat(out, 1)
+
+
+def _products(grey: Tensor, before: Tensor, cross: bool = False) -> Tensor:
+    """Lucas-Kanade products ``[N, 5, H, W]`` (``ix it, iy it, ix ix, iy iy, it it``) of
+    grey frames ``before`` and ``grey [N, 1, H, W]``; with ``cross``, ``[N, 6, H, W]``:
+    then ``ix iy``."""
+    mean = (grey + before) * 0.5
+    it = grey - before
+    ix = F.pad(mean[..., :, 2:] - mean[..., :, :-2], (1, 1)) * 0.5
+    iy = F.pad(mean[..., 2:, :] - mean[..., :-2, :], (0, 0, 1, 1)) * 0.5
+    products = [ix * it, iy * it, ix * ix, iy * iy, it * it]
+    return torch.cat([*products, ix * iy] if cross else products, 1)
+
+
+def _window_sums(grey: Tensor, before: Tensor, weights: Tensor) -> Tensor:
+    """The Lucas-Kanade products' weighted means ``[N, 6, S]`` in windows ``weights [N,
+    S, H, W]`` (:func:`_products` with ``cross``)."""
+    products = _products(grey, before, cross=True).flatten(2)  # [N, 6, HW]
+    w = weights.flatten(2)  # [N, S, HW]
+    return torch.bmm(products, w.transpose(1, 2)) / (w.sum(-1)[:, None] + 1e-6)
+
+
+def _shift(image: Tensor, by: Tensor) -> Tensor:
+    """``image [N, 1, H, W]`` moved by ``by [N, 2]`` pixels (x, y; bilinear, the edges
+    repeated)."""
+    n, _, h, w = image.shape
+    xs = (torch.arange(w, device=image.device) + 0.5) * (2.0 / w) - 1.0  # [W]
+    ys = (torch.arange(h, device=image.device) + 0.5) * (2.0 / h) - 1.0  # [H]
+    gx = (xs - by[:, :1] * (2.0 / w))[:, None, :].expand(n, h, w)
+    gy = (ys - by[:, 1:] * (2.0 / h))[:, :, None].expand(n, h, w)
+    grid = torch.stack([gx, gy], -1)  # [N, H, W, 2]
+    return F.grid_sample(image, grid, "bilinear", "border", align_corners=False)
+
+
+def _solve2(sums: Tensor) -> list[Tensor]:
+    """Lucas-Kanade sums ``[N, 6, R]`` (:func:`_products` with ``cross``) -> the flow ``u,
+    v`` (the 2x2 least squares, regularised: along an edge or stripes, only the motion
+    across them; clamped to 4) and the log energy of the change, each ``[N, R]``."""
+    p, q, a, d, e, b = sums.unbind(1)
+    a, d = a + 1e-3, d + 1e-3
+    det = a * d - b * b
+    u = -(d * p - b * q) / det
+    v = -(a * q - b * p) / det
+    energy = torch.log(e + 1e-5) * 0.2 + 1.0
+    return [u.clamp(-4, 4), v.clamp(-4, 4), energy]
+
+
+def _solve(sums: Tensor) -> list[Tensor]:
+    """Lucas-Kanade sums ``[N, 5, R]`` (``ix it, iy it, ix ix, iy iy, it it``) -> the flow
+    ``u, v`` (clamped to 4) and the log energy of the change, each ``[N, R]``."""
+    u = -sums[:, 0] / (sums[:, 2] + 1e-3)
+    v = -sums[:, 1] / (sums[:, 3] + 1e-3)
+    energy = torch.log(sums[:, 4] + 1e-5) * 0.2 + 1.0
+    return [u.clamp(-4, 4), v.clamp(-4, 4), energy]
+
+
+def _windows(centre: Tensor, height: int, width: int) -> Tensor:
+    """Weights ``[N, S + 1, H, W]``: Gaussian windows (peak 1) around ``centre [N, 2]``
+    ((x, y) in [-1, 1]), one per sigma of :data:`OBJECT_SIGMAS` (pixels), then the
+    background's, one minus the widest window."""
+    xs = (torch.arange(width, device=centre.device) + 0.5) - (centre[:, 0, None] + 1) * width / 2
+    ys = (torch.arange(height, device=centre.device) + 0.5) - (centre[:, 1, None] + 1) * height / 2
+    sigma = torch.tensor(OBJECT_SIGMAS, device=centre.device)[None, :, None]  # [1, S, 1]
+    gx = torch.exp(-0.5 * (xs[:, None] / sigma) ** 2)  # [N, S, W]
+    gy = torch.exp(-0.5 * (ys[:, None] / sigma) ** 2)  # [N, S, H]
+    w = gy[..., :, None] * gx[..., None, :]  # [N, S, H, W]
+    return torch.cat([w, 1 - w[:, -1:]], 1)
 
 
 class MotionLabeller(nn.Module):
@@ -90,10 +196,11 @@ class MotionLabeller(nn.Module):
     causal = True
 
     def __init__(
-        self, hidden: int = 64, keypoints: int = KEYPOINTS, labels: int = len(LABELS)
+        self, hidden: int = HIDDEN, keypoints: int = KEYPOINTS, labels: int = len(LABELS)
     ) -> None:
         super().__init__()
         self.hidden = hidden
+        self.keypoints = keypoints
         self.channels = 24
         # [3, 48, 64] -> [2 x 24, 12, 16]: 4x4 patches, half of them taken as a difference
         self.patch = nn.Conv2d(3, 2 * self.channels, 4, stride=4)
@@ -155,6 +262,17 @@ class MotionLabeller(nn.Module):
         return torch.cat([px, py, strength, pooled], dim=1)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        y, _, state = self.track(x, state)
+        return y, state
+
+    def point(self, z: Tensor) -> Tensor:
+        """Encodings ``[..., E]`` -> point 0, the main object's centre (x, y) in [-1, 1]
+        ``[..., 2]``."""
+        return z[..., [0, self.keypoints]]
+
+    def track(self, x: Tensor, state: State | None = None) -> tuple[Tensor, Tensor, State]:
+        """:meth:`forward`, and where the main object is in each frame: ``(logits [B, T,
+        5], point 0 [B, T, 2], state)`` (the captioner crops its look there)."""
         batch, steps = x.shape[:2]
         if state is None:
             state = self.initial_state(batch)
@@ -167,9 +285,12 @@ class MotionLabeller(nn.Module):
         grey = x.mean(2, keepdim=True)  # [B, T, 1, H, W]
         grey_before = torch.cat([last_grey[:, None], grey[:, :-1]], dim=1)
         grey_before = grey - (grey - grey_before) * known[:, :, None, None, None]
-        moved = flow(grey.flatten(0, 1), grey_before.flatten(0, 1)).reshape(batch, steps, -1)
+        point = self.point(z)
+        centre = point.flatten(0, 1).detach()  # fixed, as in training
+        moved = flow(grey.flatten(0, 1), grey_before.flatten(0, 1), centre)
+        moved = moved.reshape(batch, steps, -1)
         y, (h, z_last, seen) = self.step_encoded(z, moved, (h, previous, seen))
-        return y, (h, z_last, seen, b[:, -1], grey[:, -1])
+        return y, point, (h, z_last, seen, b[:, -1], grey[:, -1])
 
     def step_encoded(
         self, z: Tensor, moved: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None
@@ -188,13 +309,13 @@ class MotionLabeller(nn.Module):
         return self.head(y), (h, z[:, -1], torch.ones_like(seen))
 
 
-def build(hidden: int = 64, seed: int = 0) -> MotionLabeller:
+def build(hidden: int = HIDDEN, seed: int = 0) -> MotionLabeller:
     """An untrained :class:`MotionLabeller` (seeded)."""
     torch.manual_seed(seed)
     return MotionLabeller(hidden)
 
 
-def trained(weights: str | None = None, hidden: int = 64) -> MotionLabeller:
+def trained(weights: str | None = None, hidden: int = HIDDEN) -> MotionLabeller:
     """The labeller with trained weights: ``weights`` (a state dict file), else :data:`WEIGHTS`.
 
     A missing file is refused in one line that names the command that makes it.

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:
 from pipelines import motion, motion_scenes  # noqa: E402
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 1, 2, 3
-EVALUATE_S = 25.0  # seconds kept for the evaluation and saving after training
+EVALUATE_S = 40.0  # seconds kept for the evaluation and saving after training
 #: Label permutations of the flips: left <-> right, up <-> down.
 FLIP_X = torch.tensor([0, 2, 1, 3, 4])
 FLIP_Y = torch.tensor([0, 1, 2, 4, 3])
@@ -92,12 +93,13 @@ def encodings(model: motion.MotionLabeller, x: torch.Tensor) -> tuple[torch.Tens
     frames = as_input(x)
     a, b = (p.reshape(batch, steps, *p.shape[1:]) for p in model.patches(frames.flatten(0, 1)))
     change = torch.cat([torch.zeros_like(b[:, :1]), b[:, 1:] - b[:, :-1]], dim=1)
-    z = model.encode(a.flatten(0, 1), change.flatten(0, 1)).reshape(batch, steps, -1)
+    z = model.encode(a.flatten(0, 1), change.flatten(0, 1))
     with torch.no_grad():
         grey = frames.mean(2, keepdim=True)  # [B, T, 1, H, W]
         before = torch.cat([grey[:, :1], grey[:, :-1]], dim=1)
-        moved = motion.flow(grey.flatten(0, 1), before.flatten(0, 1))
-    return z, moved.reshape(batch, steps, -1)
+        centre = z[:, [0, motion.KEYPOINTS]]
+        moved = motion.flow(grey.flatten(0, 1), before.flatten(0, 1), centre)
+    return z.reshape(batch, steps, -1), moved.reshape(batch, steps, -1)
 
 
 def locate_loss(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -132,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         "training, evaluation (training gets what rendering leaves)",
     )
     parser.add_argument("--budget", type=float, default=None, help="training seconds at most")
-    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train for this many joint steps (and the localiser for its share) instead of "
+        "a time budget: for comparing settings on a loaded machine",
+    )
+    parser.add_argument("--hidden", type=int, default=motion.HIDDEN)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--locate", type=float, default=1.0, help="localiser loss weight")
@@ -140,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         "--early", type=float, default=1.0, help="loss weight of a motion's first 5 frames"
     )
     parser.add_argument(
-        "--locate-first", type=float, default=0.2, help="budget share of the localiser alone"
+        "--locate-first", type=float, default=0.15, help="budget share of the localiser alone"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="rendering processes")
     parser.add_argument("--out", default=str(motion.WEIGHTS))
     args = parser.parse_args(argv)
@@ -170,9 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     def spent() -> float:
         return time.monotonic() - trained_at
 
+    joint_steps: int | None = args.steps
+    locate_steps = None
+    if joint_steps is not None:
+        locate_steps = round(joint_steps * args.locate_first / (1 - args.locate_first))
+
     # 1. the localiser alone, on frames drawn from every clip (many scenes a step)
     located = 0
-    while spent() < budget * args.locate_first:
+    while (
+        located < locate_steps if locate_steps is not None else spent() < budget * args.locate_first
+    ):
         clips = torch.randint(0, x.shape[0], (args.batch * 32,), generator=generator)
         frames = torch.randint(1, x.shape[1], (args.batch * 32,), generator=generator)
         with torch.no_grad():
@@ -189,13 +207,20 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
     # 2. everything, on whole clips, until the budget is spent; the learning rate follows
     # a cosine over the time left (a time budget, not a number of epochs)
-    joint_at, joint_s = spent(), budget * (1 - args.locate_first)
+    joint_at, joint_s = spent(), float(budget * (1 - args.locate_first))
     epochs = steps = 0
-    while spent() < budget:
+
+    def progress() -> float:
+        """The share of the joint phase done: of its steps, else of its time."""
+        if joint_steps is not None:
+            return steps / joint_steps
+        return (spent() - joint_at) / joint_s
+
+    while progress() < 1:
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
         for batch in torch.split(order, args.batch):
-            done = min(1.0, (spent() - joint_at) / joint_s)
+            done = min(1.0, progress())
             for group in optimiser.param_groups:
                 group["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
             xb, yb, cb, wb = x[batch], y[batch], c[batch], weight[batch]
@@ -213,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             optimiser.step()
             steps += 1
             total += float(loss.detach()) * len(batch)
-            if spent() >= budget:
+            if progress() >= 1:
                 break
         epochs += 1
         print(f"epoch {epochs}: loss {total / len(x):.4f} ({spent():.0f} s)", file=sys.stderr)
