@@ -1,6 +1,6 @@
 """Train the webcam motion labeller (``pipelines/motion.py``) on rendered clips.
 
-    python pipelines/train_motion.py [--clips 800] [--total 580] [--threads 1]
+    python pipelines/train_motion.py [--clips 800] [--total 580] [--threads 2]
 
 Renders labelled clips (``pipelines/motion_scenes.py``; ``--jobs`` processes), resizes
 them to the model's input as streamer's ``pixels`` features do, trains with cross-entropy
