@@ -1,4 +1,4 @@
-"""The clip captioner: a CNN per frame -> a GRU over the frames -> a GRU decoder that
+"""The clip captioner: the motion labeller's encoder + an object look -> a GRU decoder that
 generates the caption token by token, e.g. ``red circle moves left then stops``.
 
 Vocabulary (:data:`VOCAB`, the pipeline's ``labels``): the end token ``<end>``, the
@@ -6,21 +6,31 @@ colours and shapes of ``pipelines/motion_scenes.py``, and ``moves``, the four di
 ``is``, ``still``, ``stops``, ``then``. A caption names the main object's colour and
 shape, then its motions in order (:func:`caption_of`).
 
-One stateful model does both parts, so streamer's ``generate`` head can drive it
-(``[model] decode = "end"``: once per clip, from the state after its last frame):
+A caption has two parts that need different eyes, so the model has two:
+
+- **what moves how**: the webcam motion labeller (``pipelines/motion.py``, its trained
+  weights copied in and kept frozen) runs over the clip at its own 64x48 (the input
+  pooled 2x2). Its per-frame motion scores and the point it tracks the object with
+  (keypoint 0) feed a small summary GRU, which turns the frame-by-frame labels into the
+  order of the motions;
+- **what it is**: around that point, a :data:`CROP`-pixel window of the full 128x96
+  frame goes through a small CNN (:class:`Look`); its features are averaged over the
+  clip's frames, so every frame adds evidence of the object's shape and colour.
+
+The decoder GRU starts from both and writes the words. One stateful model does it all, so
+streamer's ``generate`` head drives it (``[model] decode = "end"``: once per clip, from
+the state after its last frame):
 
 - a frame step, ``x [B, T, 3, H, W]`` (streamer's ``pixels`` features at
-  :data:`INPUT_SIZE`, RGB scaled to [-1, 1]): the encoder (convolutions over the frame
-  and its change since the frame before, soft-argmax keypoints, an attention-pooled look
-  at the object, a GRU over each frame's encoding and its change) advances, and the
-  output is the first token's logits ``[B, T, V]`` for the clip so far;
+  :data:`INPUT_SIZE`, RGB scaled to [-1, 1]): the labeller, the summary and the look's
+  running sum advance; the output is the first token's logits ``[B, T, V]`` for the clip
+  so far;
 - a token step, ``x [B, T, E]`` (the token's :meth:`CaptionModel.embed_token`): the
-  decoder GRU advances from the previous token, conditioned on the clip's encoding, and
-  the output is the next token's logits.
+  decoder advances from the previous token; the output is the next token's logits.
 
 ``caption.pt`` beside this module holds the trained weights (a state dict of
-:class:`CaptionModel`), made by ``python pipelines/train_caption.py``; :func:`trained`
-loads them from there.
+:class:`CaptionModel`, the labeller's included), made by ``python
+pipelines/train_caption.py``; :func:`trained` loads them from there.
 """
 
 from __future__ import annotations
@@ -28,18 +38,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipelines import motion_scenes
-
-# the frames reach both models the same way (pixels at 64x48, RGB in [-1, 1])
-from pipelines.motion import INPUT_SIZE as INPUT_SIZE
+from pipelines import motion, motion_scenes
 from pipelines.motion import MEAN as MEAN
 from pipelines.motion import STD as STD
 from pipelines.motion import normalise as normalise
-from pipelines.motion import resize_rgb as resize_rgb
 from pipelines.motion_scenes import COLOURS, SHAPES, Clip
 from pipelines.weights import load_trained
 
@@ -48,15 +56,19 @@ TRAIN_COMMAND = "python pipelines/train_caption.py"
 END = "<end>"
 DIRECTIONS = ("left", "right", "up", "down")
 VOCAB = (END, *COLOURS, *SHAPES, "moves", *DIRECTIONS, "is", "still", "stops", "then")
+INPUT_SIZE = (128, 96)  # (width, height): pixels feature_options.size; 2x the labeller's
+CROP = 40  # the object's window, pixels of the input frame (a radius of up to 21 fits)
 MIN_FRAMES = 8  # the shortest clip captioned ([model] min_steps)
 MAX_TOKENS = 12  # the longest caption: 2 + 3 motions of 2 words + 2 "then", and <end>
 MAX_MOTIONS = 3  # motions in a training clip
 MIN_SEEN = 6  # frames of a clip's last motion for it to be in the caption (else cut)
-KEYPOINTS = 8
-TEMPERATURE = 10.0  # heat maps' scale: peaked soft-argmax from the start
-DIFF_SCALE = 10.0  # a point's per-frame change is ~0.02-0.15: scaled to about 1
+#: Rendering sizes of the captioned clips and their weights (each resized to the input).
+RESOLUTIONS = ((128, 96), (160, 120))
+RESOLUTION_WEIGHTS = (0.75, 0.25)
 
-State = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+MotionState = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
+#: (the labeller's state, summary h [1, B, S], the look's sum [B, A + 1], decoder d [1, B, D])
+State = tuple[MotionState, Tensor, Tensor, Tensor]
 
 
 # --- clips and captions ---------------------------------------------------------------
@@ -75,12 +87,14 @@ def rendered_clip(seed: int, index: int) -> tuple[Clip, np.ndarray, str]:
     """Clip ``index`` of set ``seed``: the rendered clip, the frames captioned ``[T, H, W,
     3]`` uint8 BGR (its first ``T``), and their caption.
 
-    12 to 30 frames are rendered (mostly at the model's input size, some larger); the
-    clip is cut after its third motion, and a last motion seen for fewer than
-    :data:`MIN_SEEN` frames is cut off, so every motion of the caption can be told."""
+    12 to 30 frames are rendered at one of :data:`RESOLUTIONS` (a webcam's frames are
+    larger still: 64x48, the motion labeller's size, leaves an object 8 pixels across,
+    too few to tell a hexagon from a circle); the clip is cut after its third motion, and
+    a last motion seen for fewer than :data:`MIN_SEEN` frames is cut off, so every motion
+    of the caption can be told."""
     rng = np.random.default_rng([seed, index])
     total = int(rng.integers(12, 31))
-    size = INPUT_SIZE if rng.random() < 0.85 else ((96, 72), (128, 96))[rng.integers(2)]
+    size = RESOLUTIONS[rng.choice(len(RESOLUTIONS), p=RESOLUTION_WEIGHTS)]
     clip = motion_scenes.render_clip(rng, total, size=size)
     motions = clip.description.motions[:MAX_MOTIONS]
     end = motions[-1].end
@@ -94,56 +108,108 @@ def tokens_of(caption: str) -> list[int]:
     return [VOCAB.index(word) for word in caption.split()] + [VOCAB.index(END)]
 
 
+def resize_rgb(frames: np.ndarray) -> np.ndarray:
+    """``frames [T, H, W, 3]`` uint8 BGR -> ``[T, 96, 128, 3]`` uint8 RGB, resized as
+    streamer's ``pixels`` features resize (``cv2.INTER_AREA``)."""
+    out = np.empty((len(frames), INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)
+    for t, frame in enumerate(frames):
+        if (frame.shape[1], frame.shape[0]) != INPUT_SIZE:
+            frame = cv2.resize(frame, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+        out[t] = frame[:, :, ::-1]
+    return out
+
+
 # --- the model ------------------------------------------------------------------------
+
+
+def crop(x: Tensor, point: Tensor, size: int = CROP) -> Tensor:
+    """Frames ``x [N, 3, H, W]`` -> their ``size``-pixel windows ``[N, 3, size, size]``
+    centred on ``point [N, 2]`` (x, y in [-1, 1]; zeros outside the frame)."""
+    n, _, height, width = x.shape
+    theta = x.new_zeros(n, 2, 3)
+    theta[:, 0, 0] = size / width
+    theta[:, 1, 1] = size / height
+    theta[:, :, 2] = point
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+class Look(nn.Module):
+    """The object's window ``[N, 3, CROP, CROP]`` -> ``[N, A + 1]``: features (its shape
+    and colour) times a weight in (0, 1), then the weight. Summed over a clip's frames
+    and divided by the weights' sum, they are the weighted mean features: a window that
+    missed the object can weigh little."""
+
+    def __init__(self, features: int = 64) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.net = nn.Sequential(
+            *block(3, 16),
+            nn.MaxPool2d(2),  # 20x20
+            *block(16, 32),
+            nn.MaxPool2d(2),  # 10x10
+            *block(32, 48),
+            nn.MaxPool2d(2),  # 5x5
+            *block(48, 48),
+            nn.Flatten(),
+        )
+        self.features = features
+        self.describe = nn.Sequential(nn.Linear(48 * 5 * 5, features), nn.ReLU())
+        self.weigh = nn.Linear(48 * 5 * 5, 1)
+
+    def forward(self, window: Tensor) -> Tensor:
+        hidden = self.net(window)
+        weight = torch.sigmoid(self.weigh(hidden))
+        return torch.cat([self.describe(hidden) * weight, weight], dim=-1)
+
+
+def mean_look(total: Tensor) -> Tensor:
+    """The look's sums ``[..., A + 1]`` over frames -> their weighted mean features ``[..., A]``."""
+    return total[..., :-1] / total[..., -1:].clamp(min=1e-4)
 
 
 class CaptionModel(nn.Module):
     """``forward(x, state) -> (logits [B, T, V], state)``: frames ``x [B, T, 3, H, W]``
-    advance the encoder, token embeddings ``x [B, T, E]`` the decoder (see the module doc).
-
-    ``state = (h [1, B, H], previous encoding [B, Z], seen [B, 1], decoder d [1, B, D],
-    previous frame [B, 3, H, W])``; ``None`` or :meth:`initial_state` is a fresh stream.
+    advance the encoders, token embeddings ``x [B, T, E]`` the decoder (see the module
+    doc). ``state`` (:data:`State`): ``None`` or :meth:`initial_state` is a fresh stream.
     """
 
-    state_batch_axes = (1, 0, 0, 1, 0)
     causal = True
 
-    def __init__(self, hidden: int = 96, decoder: int = 96, embedding: int = 32) -> None:
+    def __init__(
+        self, summary: int = 64, decoder: int = 96, embedding: int = 32, look: int = 64
+    ) -> None:
         super().__init__()
-        self.hidden, self.decoder_size = hidden, decoder
-        self.conv = nn.Sequential(
-            nn.Conv2d(6, 16, 3, stride=2, padding=1),  # the frame and its change
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-        )
-        self.heat = nn.Conv2d(32, KEYPOINTS, 3, padding=1)
-        self.look = nn.Sequential(  # a wider view, for the object's shape
-            nn.Conv2d(32, 32, 3, stride=2, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-        )
-        self.encoding = 3 * KEYPOINTS + 96  # points, strengths, the object's look, mean, max
-        self.proj = nn.Linear(2 * self.encoding, hidden)
-        self.rnn = nn.GRU(hidden, hidden, batch_first=True)
+        self.motion = motion.build()
+        self.motion.requires_grad_(False)
+        self.look = Look(look)
+        self.summary_size, self.decoder_size = summary, decoder
+        self.state_batch_axes = (*motion.MotionLabeller.state_batch_axes, 1, 0, 1)
+        self.summary = nn.GRU(len(motion.LABELS) + 4, summary, batch_first=True)
         self.embed = nn.Embedding(len(VOCAB), embedding)
         self.start = nn.Parameter(torch.zeros(embedding))
-        self.init = nn.Linear(hidden, decoder)
-        self.context = nn.Linear(hidden, hidden)
-        self.dec = nn.GRU(embedding + hidden, decoder, batch_first=True)
+        self.init = nn.Linear(summary + look, decoder)
+        self.context = nn.Linear(summary + look, decoder)
+        self.dec = nn.GRU(embedding + decoder, decoder, batch_first=True)
         self.out = nn.Linear(decoder, len(VOCAB))
 
+    def train(self, mode: bool = True) -> CaptionModel:
+        """As :meth:`nn.Module.train`; the frozen labeller stays in eval mode."""
+        super().train(mode)
+        self.motion.eval()
+        return self
+
     def initial_state(self, batch: int) -> State:
-        """A fresh state (zeros, ``seen = 0``)."""
+        """A fresh state (zeros)."""
         w = self.out.weight
         return (
-            w.new_zeros(1, batch, self.hidden),
-            w.new_zeros(batch, self.encoding),
-            w.new_zeros(batch, 1),
+            self.motion.initial_state(batch),
+            w.new_zeros(1, batch, self.summary_size),
+            w.new_zeros(batch, self.look.features + 1),
             w.new_zeros(1, batch, self.decoder_size),
-            w.new_zeros(batch, 3, INPUT_SIZE[1], INPUT_SIZE[0]),
         )
 
     def embed_token(self, token: int) -> Tensor:
@@ -151,105 +217,85 @@ class CaptionModel(nn.Module):
         with torch.no_grad():
             return self.embed.weight[token].detach().clone()
 
-    def encode(self, x: Tensor) -> Tensor:
-        """``x [N, 3, H, W]`` -> ``[N, Z]``: per heat map its soft-argmax point (x, y) in
-        [-1, 1], the maps' strengths, wider-view features pooled under heat map 0 (trained
-        to follow the object), the features' mean over the image and the wider-view
-        features' maximum."""
-        features = self.conv(x)  # [N, 32, h, w]
-        heat = self.heat(features) * TEMPERATURE  # [N, K, h, w]
-        n, k, h, w = heat.shape
-        flat = heat.reshape(n, k, h * w)
-        weights = torch.softmax(flat, dim=-1).reshape(n, k, h, w)
-        xs = (torch.arange(w, device=x.device) + 0.5) * (2.0 / w) - 1.0
-        ys = (torch.arange(h, device=x.device) + 0.5) * (2.0 / h) - 1.0
-        px = (weights.sum(2) * xs).sum(-1)  # [N, K]
-        py = (weights.sum(3) * ys).sum(-1)
-        strength = torch.logsumexp(flat, dim=-1) / 10.0
-        wide = self.look(features)  # [N, 32, h/2, w/2]
-        near = nn.functional.adaptive_avg_pool2d(weights[:, :1], wide.shape[2:])
-        look = (wide * near).sum((2, 3)) * 4  # [N, 32]: under heat map 0
-        most = wide.amax((2, 3))  # [N, 32]: the strongest response anywhere (a shape's)
-        return torch.cat([px, py, strength, look, features.mean((2, 3)), most], dim=1)
+    def sense(
+        self, x: Tensor, state: MotionState, window: int = CROP
+    ) -> tuple[Tensor, Tensor, MotionState]:
+        """Frames ``x [B, T, 3, 96, 128]`` -> per frame the summary GRU's inputs ``[B, T,
+        9]`` (the labeller's log-probabilities, its point and the point's change), the
+        object's windows ``[B, T, 3, window, window]``, and the labeller's state after them."""
+        batch, steps = x.shape[:2]
+        small = F.avg_pool2d(x.flatten(0, 1), 2)
+        small = small.reshape(batch, steps, *small.shape[1:])
+        logits, point, after = self.motion.track(small, state)
+        seen = state[2]
+        before = torch.cat([self.motion.point(state[1])[:, None], point[:, :-1]], dim=1)
+        known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
+        moved = (point - before) * known * 10.0
+        inputs = torch.cat([logits.log_softmax(-1), point, moved], dim=-1)
+        windows = crop(x.flatten(0, 1), point.flatten(0, 1).detach(), window)
+        return inputs, windows.reshape(batch, steps, *windows.shape[1:]), after
+
+    def watch(self, x: Tensor, state: MotionState) -> tuple[Tensor, Tensor, MotionState]:
+        """:meth:`sense`, with the windows seen by the look: ``[B, T, A + 1]``."""
+        inputs, windows, after = self.sense(x, state)
+        looks = self.look(windows.flatten(0, 1)).reshape(*windows.shape[:2], -1)
+        return inputs, looks, after
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if state is None:
             state = self.initial_state(x.shape[0])
         if x.ndim == 3:
             return self.decode(x, state)
-        z = self.encode_clip(x, state[4], state[2])
-        y, (h, previous, seen) = self.step_encoded(z, state)
-        logits, d = self.first_token(y)
-        return logits, (h, previous, seen, d[:, -1][None], x[:, -1])
+        moving, h, total, _ = state
+        inputs, looks, moving = self.watch(x, moving)
+        y, h = self.summary(inputs, h)  # [B, T, S]
+        sums = total[:, None] + looks.cumsum(1)  # [B, T, A + 1]
+        logits, d = self.first_token(torch.cat([y, mean_look(sums)], dim=-1))
+        return logits, (moving, h, sums[:, -1], d[:, -1][None])
 
-    def encode_clip(self, x: Tensor, frame: Tensor, seen: Tensor) -> Tensor:
-        """Frames ``x [B, T, 3, H, W]`` -> encodings ``[B, T, Z]``, each of the frame and its
-        change since the frame before (``frame [B, 3, H, W]`` before the first, when
-        ``seen [B, 1]`` is 1; no change at a stream's first frame)."""
-        batch, steps = x.shape[:2]
-        before = torch.cat([frame[:, None], x[:, :-1]], dim=1)
-        known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
-        both = torch.cat([x, (x - before) * known[..., None, None]], dim=2)
-        flat = both.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        return self.encode(flat).reshape(batch, steps, -1)
+    def clip_vector(self, state: State) -> Tensor:
+        """The decoder's condition ``[B, S + A]`` from a state: the summary and the look."""
+        _, h, total, _ = state
+        return torch.cat([h[-1], mean_look(total)], dim=-1)
 
-    def step_encoded(self, z: Tensor, state: State) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """The encoder GRU over encodings ``z [B, T, Z]`` -> its outputs ``[B, T, H]`` and
-        the encoder's part of the state."""
-        batch, steps = z.shape[:2]
-        h, previous, seen = state[:3]
-        before = torch.cat([previous[:, None], z[:, :-1]], dim=1)
-        known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
-        change = (z - before) * known * DIFF_SCALE
-        y, h = self.rnn(torch.relu(self.proj(torch.cat([z, change], dim=-1))), h)
-        return y, (h, z[:, -1], torch.ones_like(seen))
-
-    def first_token(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder outputs ``[B, T, H]`` -> the first token's logits ``[B, T, V]`` and the
-        decoder's state after the start token ``[B, T, D]``, as if the clip ended at each
-        step."""
-        b, t, _ = y.shape
-        flat = y.reshape(b * t, 1, -1)
-        d0 = torch.tanh(self.init(flat[:, 0]))[None]
+    def first_token(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Clip vectors ``c [B, T, S + A]`` -> the first token's logits ``[B, T, V]`` and
+        the decoder's state after the start token ``[B, T, D]``, as if the clip ended at
+        each step."""
+        b, t, _ = c.shape
+        flat = c.reshape(b * t, -1)
+        d0 = torch.tanh(self.init(flat))[None]
         start = self.start.expand(b * t, 1, -1)
-        out, d = self.dec(torch.cat([start, torch.tanh(self.context(flat))], -1), d0)
+        out, d = self.dec(torch.cat([start, torch.tanh(self.context(flat))[:, None]], -1), d0)
         return self.out(out).reshape(b, t, -1), d[0].reshape(b, t, -1)
 
     def decode(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
         """Token embeddings ``[B, T, E]`` -> the next tokens' logits ``[B, T, V]``; the
-        encoder's state is kept, the decoder's advances."""
-        h, previous, seen, d, frame = state
-        context = torch.tanh(self.context(h[-1]))[:, None].expand(-1, tokens.shape[1], -1)
-        out, d = self.dec(torch.cat([tokens, context], -1), d)
-        return self.out(out), (h, previous, seen, d, frame)
+        encoders' state is kept, the decoder's advances."""
+        context = torch.tanh(self.context(self.clip_vector(state)))
+        context = context[:, None].expand(-1, tokens.shape[1], -1)
+        out, d = self.dec(torch.cat([tokens, context], -1), state[3])
+        return self.out(out), (*state[:3], d)
 
-    def teacher_forced(self, y_last: Tensor, tokens: Tensor) -> Tensor:
-        """Training: the clip's last encoder output ``[B, H]`` and the caption's tokens
-        ``[B, L]`` (end token included) -> logits ``[B, L, V]`` for each token, the
-        start token first, then each token given the ones before."""
-        b = y_last.shape[0]
+    def teacher_forced(self, c: Tensor, tokens: Tensor) -> Tensor:
+        """Training: clip vectors ``c [B, S + A]`` and the captions' tokens ``[B, L]`` (end
+        token included) -> logits ``[B, L, V]`` for each token, the start token first,
+        then each token given the ones before."""
+        b = c.shape[0]
         inputs = torch.cat([self.start.expand(b, 1, -1), self.embed(tokens[:, :-1])], 1)
-        context = torch.tanh(self.context(y_last))[:, None].expand(-1, inputs.shape[1], -1)
-        d0 = torch.tanh(self.init(y_last))[None]
-        out, _ = self.dec(torch.cat([inputs, context], -1), d0)
+        context = torch.tanh(self.context(c))[:, None].expand(-1, inputs.shape[1], -1)
+        out, _ = self.dec(torch.cat([inputs, context], -1), torch.tanh(self.init(c))[None])
         logits: Tensor = self.out(out)
         return logits
 
-    def greedy(self, y_last: Tensor, max_len: int = MAX_TOKENS) -> list[list[int]]:
-        """The captions' token ids (end token excluded) greedily decoded from the clips'
-        last encoder outputs ``[B, H]``, the way streamer's generate head decodes."""
-        logits, d = self.first_token(y_last[:, None])
-        h = y_last[None]
-        state = (
-            h,
-            h.new_zeros(h.shape[1], self.encoding),
-            h.new_ones(h.shape[1], 1),
-            d[:, -1][None],
-            h.new_zeros(h.shape[1], 1),  # not used by decoding
-        )
+    def greedy(self, x: Tensor, max_len: int = MAX_TOKENS) -> list[list[int]]:
+        """The captions' token ids (end token excluded) of clips ``x [B, T, 3, 96, 128]``
+        (all ``T`` frames each, from a fresh state), greedily decoded the way streamer's
+        generate head decodes."""
+        logits, state = self(x)
         end = VOCAB.index(END)
-        out: list[list[int]] = [[] for _ in range(y_last.shape[0])]
-        done = torch.zeros(y_last.shape[0], dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in range(x.shape[0])]
+        done = torch.zeros(x.shape[0], dtype=torch.bool)
         for _ in range(max_len):
             token = logits[:, -1].argmax(-1)
             done |= token == end
@@ -261,14 +307,14 @@ class CaptionModel(nn.Module):
         return out
 
 
-def build(hidden: int = 96, seed: int = 0) -> CaptionModel:
-    """An untrained :class:`CaptionModel` (seeded)."""
+def build(seed: int = 0) -> CaptionModel:
+    """An untrained :class:`CaptionModel` (seeded; its labeller untrained too)."""
     torch.manual_seed(seed)
-    return CaptionModel(hidden)
+    return CaptionModel()
 
 
-def trained(weights: str | None = None, hidden: int = 96) -> CaptionModel:
+def trained(weights: str | None = None) -> CaptionModel:
     """The captioner with trained weights: ``weights`` (a state dict file), else
     :data:`WEIGHTS`. A missing file is refused in one line that names the command that
     makes it."""
-    return load_trained(build(hidden=hidden), weights, WEIGHTS, "caption", TRAIN_COMMAND)
+    return load_trained(build(), weights, WEIGHTS, "caption", TRAIN_COMMAND)

@@ -1,22 +1,25 @@
 """Train the clip captioner (``pipelines/caption.py``) on rendered clips.
 
-    python pipelines/train_caption.py [--clips 3000] [--budget 560] [--threads 1]
+    python pipelines/train_caption.py [--clips 4000] [--budget 900] [--threads 2]
 
-Renders captioned clips (:func:`pipelines.caption.rendered_clip`: 12-30 frames, at most
-three motions; ``--jobs`` processes), resizes them to the model's input as streamer's
-``pixels`` features do, and trains with cross-entropy on the caption's tokens (teacher
-forcing from the clip's last frame) plus auxiliary losses that make the encoder learn
-fast: each frame's motion label, the object's shape and colour from each frame's
-encoder output, and the encoder's first keypoint on the object's centre (the renderer
-knows it). Clips are flipped left-right at random (``left``/``right`` swapped to match).
+1. Renders captioned clips (:func:`pipelines.caption.rendered_clip`: 12-30 frames, at
+   most three motions; ``--jobs`` processes), resizes them to the model's input as
+   streamer's ``pixels`` features do, and runs the motion labeller over them (its
+   trained weights, ``pipelines/motion.pt``, copied into the captioner and frozen): per
+   frame, the summary GRU's inputs and the object's window.
+2. Trains the look (:class:`pipelines.caption.Look`) on the windows: a bag of a clip's
+   frames, averaged, names the object's shape and colour (plus the same per frame).
+3. Trains the summary GRU and the decoder on the captions' tokens (teacher forcing), the
+   look frozen; clips are flipped left-right at random (``left``/``right`` swapped to
+   match).
 
-``--budget`` bounds the whole run, rendering and evaluation included: the training takes
-what the rendering left (less a reserve for the evaluation), and the learning rate
-follows a one-cycle schedule over that time, so a slower (shared) machine trains for
-fewer steps, not longer. Saves ``pipelines/caption.pt`` (half precision) and prints as
-JSON the exact-match and token accuracy of greedy captions (by the saved weights) on a
-held-out rendered set (a seed of its own). Nothing is chosen by looking at the held-out
-set.
+``--budget`` bounds the whole run, rendering and evaluation included: the two trainings
+share what the rendering left (``--look-share`` to the look), each with a one-cycle
+learning rate over its time, so a slower (shared) machine trains for fewer steps, not
+longer. Saves ``pipelines/caption.pt`` and prints as JSON the exact-match and token
+accuracy of greedy captions, by the saved weights through the model's own frame-by-frame
+path, on a validation set and a held-out rendered set (seeds of their own). Nothing is
+chosen by looking at the held-out set.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,43 +42,52 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines import caption, motion_scenes  # noqa: E402
+from pipelines import caption, motion, motion_scenes  # noqa: E402
 
-TRAIN_SEED, HELD_OUT_SEED = 11, 13
+TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 11, 12, 13
 MAX_FRAMES = 30
+SHIFT = 8  # training windows are this much larger: the look sees them shifted at random
 #: Token permutation of a left-right flip: left <-> right.
 FLIP_TOKENS = torch.arange(len(caption.VOCAB))
 _left, _right = caption.VOCAB.index("left"), caption.VOCAB.index("right")
 FLIP_TOKENS[_left], FLIP_TOKENS[_right] = _right, _left
-FLIP_LABELS = torch.tensor([0, 2, 1, 3, 4])  # motion labels: left <-> right
+#: The summary's inputs under a left-right flip: log-probabilities left <-> right, x negated.
+FLIP_INPUTS = torch.tensor([0, 2, 1, 3, 4, 5, 6, 7, 8])
+FLIP_SIGNS = torch.tensor([1.0, 1, 1, 1, 1, -1, 1, -1, 1])
+
+_labeller: caption.CaptionModel | None = None  # the rendering processes' model (forked)
 
 
 class Clips:
-    """Rendered clips, padded to :data:`MAX_FRAMES`: ``x [N, T, 48, 64, 3]`` uint8 RGB,
-    ``lengths [N]``, ``tokens [N, L]`` (padded with the end token), per frame ``labels
-    [N, T]`` and ``centres [N, T, 2]`` (x, y in [-1, 1]), per clip ``shape`` and
-    ``colour`` indices ``[N]``, and the captions."""
+    """Rendered clips, padded to :data:`MAX_FRAMES`: per frame the summary's ``inputs [N,
+    T, 9]`` and the object's ``windows [N, T, 3, CROP + SHIFT, CROP + SHIFT]`` (float16),
+    ``lengths
+    [N]``, ``tokens [N, L]`` (padded with the end token), per clip ``shape`` and
+    ``colour`` indices ``[N]``, the captions, and (when kept) the frames ``x [N, T, 96,
+    128, 3]`` uint8 RGB."""
 
     def __init__(self, parts: list[dict[str, object]]) -> None:
         def cat(key: str) -> Tensor:
             return torch.from_numpy(np.concatenate([p[key] for p in parts]))
 
-        self.x, self.lengths, self.tokens = cat("x"), cat("lengths"), cat("tokens")
-        self.labels, self.centres = cat("labels"), cat("centres")
+        self.inputs, self.windows = cat("inputs"), cat("windows")
+        self.lengths, self.tokens = cat("lengths"), cat("tokens")
         self.shape, self.colour = cat("shape"), cat("colour")
+        self.x = cat("x") if "x" in parts[0] else None
         self.captions: list[str] = [c for p in parts for c in p["captions"]]  # type: ignore[attr-defined]
 
     def __len__(self) -> int:
         return len(self.captions)
 
 
-def _render_part(job: tuple[int, int, int]) -> dict[str, object]:
-    seed, first, count = job
+def _render_part(job: tuple[int, int, int, bool]) -> dict[str, object]:
+    seed, first, count, keep = job
+    assert _labeller is not None
+    torch.set_num_threads(1)
     end_id = caption.VOCAB.index(caption.END)
-    x = np.zeros((count, MAX_FRAMES, caption.INPUT_SIZE[1], caption.INPUT_SIZE[0], 3), np.uint8)
+    width, height = caption.INPUT_SIZE
+    x = np.zeros((count, MAX_FRAMES, height, width, 3), np.uint8)
     tokens = np.full((count, caption.MAX_TOKENS), end_id, np.int64)
-    labels = np.zeros((count, MAX_FRAMES), np.int64)
-    centres = np.zeros((count, MAX_FRAMES, 2), np.float32)
     lengths, shapes, colours, captions = [], [], [], []
     for k in range(count):
         clip, frames, text = caption.rendered_clip(seed, first + k)
@@ -81,64 +95,65 @@ def _render_part(job: tuple[int, int, int]) -> dict[str, object]:
         x[k, :n] = caption.resize_rgb(frames)
         ids = caption.tokens_of(text)
         tokens[k, : len(ids)] = ids
-        labels[k, :n] = clip.labels[:n]
-        width, height = clip.description.size
-        centres[k, :n] = (clip.centres[:n] + 0.5) / np.array([width, height]) * 2 - 1
         lengths.append(n)
         shapes.append(motion_scenes.SHAPES.index(clip.description.shape))
         colours.append(list(motion_scenes.COLOURS).index(clip.description.colour))
         captions.append(text)
-    return {
-        "x": x,
+    steps = max(lengths)
+    with torch.inference_mode():  # as caption.normalise, to 1e-7, channels first at once
+        frames_in = torch.from_numpy(x[:, :steps]).movedim(-1, -3).contiguous()
+        frames_in = frames_in.to(torch.float32).mul_(2 / 255).sub_(1)
+        fresh = _labeller.motion.initial_state(count)
+        inputs, windows, _ = _labeller.sense(frames_in, fresh, caption.CROP + SHIFT)
+        pad = MAX_FRAMES - steps
+        inputs = nn.functional.pad(inputs, (0, 0, 0, pad))
+        windows = nn.functional.pad(windows, (0, 0, 0, 0, 0, 0, 0, pad))
+    out: dict[str, object] = {
+        "inputs": inputs.numpy(),
+        "windows": windows.half().numpy(),
         "lengths": np.array(lengths, np.int64),
         "tokens": tokens,
-        "labels": labels,
-        "centres": centres,
         "shape": np.array(shapes, np.int64),
         "colour": np.array(colours, np.int64),
         "captions": captions,
     }
+    if keep:
+        out["x"] = x
+    return out
 
 
-def render(seed: int, count: int, jobs: int = 1) -> Clips:
-    """Clips ``0 .. count - 1`` of set ``seed``, rendered by ``jobs`` processes (the same
-    clips whatever ``jobs``)."""
-    part = -(-count // max(1, jobs * 4))
-    work = [(seed, a, min(part, count - a)) for a in range(0, count, part)]
+def render(
+    model: caption.CaptionModel, seed: int, count: int, jobs: int = 1, keep: bool = False
+) -> Clips:
+    """Clips ``0 .. count - 1`` of set ``seed`` through ``model``'s labeller, rendered by
+    ``jobs`` processes (the same clips whatever ``jobs``); ``keep``: keep the frames."""
+    global _labeller
+    _labeller = model.eval()
+    part = max(1, min(64, -(-count // max(1, jobs * 2))))
+    work = [(seed, a, min(part, count - a), keep) for a in range(0, count, part)]
     if jobs > 1:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             parts = pool.map(_render_part, work)
     else:
+        threads = torch.get_num_threads()
         parts = [_render_part(w) for w in work]
+        torch.set_num_threads(threads)
     return Clips(parts)
 
 
-def encodings(model: caption.CaptionModel, x: Tensor) -> Tensor:
-    """Clips ``[B, T, 48, 64, 3]`` uint8 RGB, each from a fresh stream -> ``[B, T, Z]``."""
-    fresh = model.initial_state(x.shape[0])
-    return model.encode_clip(caption.normalise(x), fresh[4], fresh[2])
-
-
-def last_outputs(model: caption.CaptionModel, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-    """Encoder outputs ``[B, T, H]`` for uint8 RGB clips ``x [B, T, 48, 64, 3]`` (only
-    their first ``max(lengths)`` frames), and each clip's output at its last frame ``[B, H]``."""
-    steps = int(lengths.max())
-    x = x[:, :steps]
-    b = x.shape[0]
-    y, _ = model.step_encoded(encodings(model, x), model.initial_state(b))
-    return y, y[torch.arange(b), lengths - 1]
-
-
 def predict(model: caption.CaptionModel, clips: Clips, batch: int = 64) -> list[str]:
-    """Greedy captions of ``clips``."""
-    out: list[str] = []
+    """Greedy captions of ``clips`` (their frames) by the model's own path: every frame
+    through :meth:`~pipelines.caption.CaptionModel.forward`, then token by token."""
+    assert clips.x is not None, "render(..., keep=True) keeps the frames"
+    out = [""] * len(clips)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(clips), batch):
-            part = slice(start, start + batch)
-            _, y_last = last_outputs(model, clips.x[part], clips.lengths[part])
-            for ids in model.greedy(y_last):
-                out.append(" ".join(caption.VOCAB[i] for i in ids))
+        for n in sorted(set(clips.lengths.tolist())):
+            same = torch.nonzero(clips.lengths == n).flatten()
+            for part in torch.split(same, batch):
+                x = caption.normalise(clips.x[part, :n])
+                for i, ids in zip(part.tolist(), model.greedy(x), strict=True):
+                    out[i] = " ".join(caption.VOCAB[t] for t in ids)
     return out
 
 
@@ -154,102 +169,181 @@ def scores(predicted: list[str], truth: list[str]) -> tuple[float, float]:
     return exact, right / total
 
 
-class Auxiliary(nn.Module):
-    """Training-only heads: the motion label, shape and colour from the encoder GRU's
-    outputs, and shape and colour from each frame's encoding alone."""
+def one_cycle(optimiser: torch.optim.Optimizer, rate: float, seconds: float) -> Iterator[int]:
+    """Steps for ``seconds``: the learning rate warms up over the first 10 % of the time,
+    then follows a cosine down to 2 % of ``rate``."""
+    began = time.monotonic()
+    step = 0
+    seconds = max(seconds, 1e-3)
+    while (progress := (time.monotonic() - began) / seconds) < 1.0:
+        cosine = 0.5 * (1 + math.cos(math.pi * max(0.0, progress - 0.1) / 0.9))
+        scale = max(0.05, progress / 0.1) if progress < 0.1 else 0.02 + 0.98 * cosine
+        for group in optimiser.param_groups:
+            group["lr"] = rate * scale
+        yield step
+        step += 1
 
-    def __init__(self, hidden: int, encoding: int) -> None:
-        super().__init__()
-        self.motion = nn.Linear(hidden, len(motion_scenes.LABELS))
-        self.shape = nn.Linear(hidden, len(motion_scenes.SHAPES))
-        self.colour = nn.Linear(hidden, len(motion_scenes.COLOURS))
-        self.frame_shape = nn.Linear(encoding, len(motion_scenes.SHAPES))
-        self.frame_colour = nn.Linear(encoding, len(motion_scenes.COLOURS))
+
+def train_look(
+    model: caption.CaptionModel, clips: Clips, seconds: float, args: argparse.Namespace
+) -> int:
+    """Train the look for ``seconds``: bags of ``--bag`` frames of ``--batch`` clips, each
+    window shifted by up to ``SHIFT`` pixels at random; their weighted mean features name
+    the shape and colour (and each frame's own features too, at half weight)."""
+    look = model.look
+    shape_head = nn.Linear(look.features, len(motion_scenes.SHAPES))
+    colour_head = nn.Linear(look.features, len(motion_scenes.COLOURS))
+    params = [*look.parameters(), *shape_head.parameters(), *colour_head.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    ce = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(1)
+    look.train()
+    steps, c = 0, caption.CROP
+    for steps in one_cycle(optimiser, args.lr, seconds):
+        batch = torch.randint(0, len(clips), (args.batch,), generator=generator)
+        frame = (
+            torch.rand(args.batch, args.bag, generator=generator) * clips.lengths[batch, None]
+        ).long()
+        dx, dy = torch.randint(0, SHIFT + 1, (2,), generator=generator).tolist()
+        windows = clips.windows[batch[:, None], frame, :, dy : dy + c, dx : dx + c].float()
+        if torch.rand(1, generator=generator) < 0.5:
+            windows = windows.flip(-1)
+        out = look(windows.flatten(0, 1))  # [B * K, A + 1]
+        shape, colour = clips.shape[batch], clips.colour[batch]
+        mean = caption.mean_look(out.reshape(args.batch, args.bag, -1).sum(1))
+        loss = ce(shape_head(mean), shape) + ce(colour_head(mean), colour)
+        each = out[:, :-1] / out[:, -1:]
+        loss = loss + 0.5 * (
+            ce(shape_head(each), shape.repeat_interleave(args.bag))
+            + ce(colour_head(each), colour.repeat_interleave(args.bag))
+        )
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if steps % 100 == 0:
+            print(f"look {steps}: {float(loss.detach()):.4f}", file=sys.stderr)
+    look.eval()
+    return steps + 1
 
 
-def batches(lengths: Tensor, size: int, generator: torch.Generator) -> list[Tensor]:
-    """Index batches of clips of similar length (less padding), in random order."""
-    noisy = lengths.float() + torch.rand(len(lengths), generator=generator) * 6
-    order = torch.argsort(noisy)
-    parts = list(torch.split(order, size))
-    return [parts[i] for i in torch.randperm(len(parts), generator=generator).tolist()]
+def looks_of(model: caption.CaptionModel, clips: Clips, batch: int = 256) -> Tensor:
+    """The look's output for every window, unshifted ``[N, T, A + 1]`` (zeros past each
+    clip's end)."""
+    n, t = clips.windows.shape[:2]
+    out = torch.zeros(n, t, model.look.features + 1)
+    middle = slice(SHIFT // 2, SHIFT // 2 + caption.CROP)
+    real = torch.nonzero(torch.arange(t)[None] < clips.lengths[:, None])  # [M, 2]
+    with torch.inference_mode():
+        for part in torch.split(real, batch):
+            windows = clips.windows[part[:, 0], part[:, 1], :, middle, middle].float()
+            out[part[:, 0], part[:, 1]] = model.look(windows)
+    return out
+
+
+def train_decoder(
+    model: caption.CaptionModel,
+    clips: Clips,
+    looks: Tensor,
+    seconds: float,
+    args: argparse.Namespace,
+) -> int:
+    """Train the summary GRU and the decoder for ``seconds`` on the captions (teacher
+    forcing), from the clips' summary inputs and (frozen) look features."""
+    params = [
+        p for name, p in model.named_parameters() if not name.startswith(("motion.", "look."))
+    ]
+    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    ce = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(2)
+    steps = 0
+    for steps in one_cycle(optimiser, args.lr, seconds):
+        batch = torch.randint(0, len(clips), (args.decoder_batch,), generator=generator)
+        lengths, tokens = clips.lengths[batch], clips.tokens[batch]
+        inputs = clips.inputs[batch, : int(lengths.max())]
+        if torch.rand(1, generator=generator) < 0.5:  # flip left-right
+            inputs, tokens = inputs[..., FLIP_INPUTS] * FLIP_SIGNS, FLIP_TOKENS[tokens]
+        y, _ = model.summary(inputs)
+        last = y[torch.arange(len(batch)), lengths - 1]
+        mean = caption.mean_look(looks[batch].sum(1))
+        logits = model.teacher_forced(torch.cat([last, mean], dim=-1), tokens)
+        loss = ce(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
+        optimiser.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        if steps % 500 == 0:
+            print(f"decoder {steps}: {float(loss.detach()):.4f}", file=sys.stderr)
+    return steps + 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=3000, help="training clips")
+    parser.add_argument("--clips", type=int, default=4000, help="training clips")
+    parser.add_argument("--validation", type=int, default=200, help="validation clips")
     parser.add_argument("--held-out", type=int, default=400, help="held-out clips")
-    parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole run")
-    parser.add_argument("--reserve", type=float, default=25.0, help="seconds kept for the end")
-    parser.add_argument("--hidden", type=int, default=96)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    parser.add_argument("--reserve", type=float, default=60.0, help="seconds kept for the end")
+    parser.add_argument("--look-share", type=float, default=0.8, help="training time to the look")
+    parser.add_argument("--batch", type=int, default=32, help="clips per look step")
+    parser.add_argument("--bag", type=int, default=6, help="frames per clip per look step")
+    parser.add_argument("--decoder-batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--aux", type=float, default=0.5, help="auxiliary losses' weight")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--motion", default=str(motion.WEIGHTS), help="the labeller's weights")
+    parser.add_argument(
+        "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="rendering processes")
     parser.add_argument("--out", default=str(caption.WEIGHTS))
+    parser.add_argument(
+        "--cache", help="development: keep the rendered sets in this file (made once, then read)"
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     began = time.monotonic()
 
-    train = render(TRAIN_SEED, args.clips, args.jobs)
-    held = render(HELD_OUT_SEED, args.held_out, args.jobs)
+    model = caption.build()
+    model.motion.load_state_dict(motion.trained(args.motion).state_dict())
+    if args.cache and Path(args.cache).exists():
+        train, valid, held = torch.load(args.cache, weights_only=False)
+    else:
+        train = render(model, TRAIN_SEED, args.clips, args.jobs)
+        valid = render(model, VALIDATION_SEED, args.validation, args.jobs, keep=True)
+        held = render(model, HELD_OUT_SEED, args.held_out, args.jobs, keep=True)
+        if args.cache:
+            torch.save((train, valid, held), args.cache)
     rendered = time.monotonic() - began
-    print(f"rendered {len(train)}+{len(held)} clips in {rendered:.0f} s", file=sys.stderr)
+    print(
+        f"rendered {len(train)}+{len(valid)}+{len(held)} clips in {rendered:.0f} s", file=sys.stderr
+    )
+    torch.set_num_threads(args.threads)
 
-    model = caption.build(hidden=args.hidden)
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    aux = Auxiliary(args.hidden, model.encoding)
-    params = [*model.parameters(), *aux.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    ce = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(0)
-    budget = args.budget - args.reserve - (time.monotonic() - began)
-    trained_at = time.monotonic()
-    steps = epochs = 0
-    while True:
-        total = count = 0.0
-        for batch in batches(train.lengths, args.batch, generator):
-            progress = (time.monotonic() - trained_at) / budget
-            if progress >= 1.0:
-                break
-            # one cycle over the time left: warm up for 10 %, then cosine down to 2 %
-            cosine = 0.5 * (1 + math.cos(math.pi * max(0.0, progress - 0.1) / 0.9))
-            rate = max(0.05, progress / 0.1) if progress < 0.1 else 0.02 + 0.98 * cosine
-            for group in optimiser.param_groups:
-                group["lr"] = args.lr * rate
-            loss = step_loss(model, aux, train, batch, generator, args.aux, ce)
-            optimiser.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            steps += 1
-            total += float(loss.detach()) * len(batch)
-            count += len(batch)
-        else:
-            epochs += 1
-            spent = time.monotonic() - trained_at
-            print(f"epoch {epochs}: loss {total / count:.4f} ({spent:.0f} s)", file=sys.stderr)
-            continue
-        break
-    train_s = time.monotonic() - trained_at
+    left = args.budget - args.reserve - rendered
 
-    # the weights in half precision (half the file); the figures are those of this file
-    model.eval().to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-    weights = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(weights, args.out)
-    shipped = caption.trained(args.out, hidden=args.hidden)
+    def spent() -> float:
+        return time.monotonic() - began
+
+    look_steps = train_look(model, train, left * args.look_share, args)
+    looks = looks_of(model, train)
+    decoder_steps = train_decoder(model, train, looks, args.budget - args.reserve - spent(), args)
+    train_s = spent() - rendered
+
+    model.eval()
+    torch.save(model.state_dict(), args.out)
+    shipped = caption.trained(args.out)
+    v_exact, v_token = scores(predict(shipped, valid), valid.captions)
     exact, token = scores(predict(shipped, held), held.captions)
     report = {
         "render_seconds": round(rendered, 1),
         "train_seconds": round(train_s, 1),
-        "total_seconds": round(time.monotonic() - began, 1),
+        "total_seconds": round(spent(), 1),
         "budget_seconds": args.budget,
         "threads": args.threads,
         "render_jobs": args.jobs,
         "clips": len(train),
-        "steps": steps,
-        "epochs": round(steps * args.batch / len(train), 2),
+        "look_steps": look_steps,
+        "decoder_steps": decoder_steps,
+        "validation_clips": len(valid),
+        "validation_exact_match": round(v_exact, 4),
+        "validation_token_accuracy": round(v_token, 4),
         "held_out_clips": len(held),
         "held_out_exact_match": round(exact, 4),
         "held_out_token_accuracy": round(token, 4),
@@ -258,48 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(report, indent=2))
     return 0
-
-
-def step_loss(
-    model: caption.CaptionModel,
-    aux: Auxiliary,
-    clips: Clips,
-    batch: Tensor,
-    generator: torch.Generator,
-    weight: float,
-    ce: nn.CrossEntropyLoss,
-) -> Tensor:
-    """The loss of one batch: caption tokens, plus the auxiliary losses times ``weight``."""
-    model.train()
-    x, lengths, tokens = clips.x[batch], clips.lengths[batch], clips.tokens[batch]
-    labels, centres = clips.labels[batch], clips.centres[batch]
-    if torch.rand(1, generator=generator) < 0.5:  # flip left-right
-        x, tokens, labels = x.flip(-2), FLIP_TOKENS[tokens], FLIP_LABELS[labels]
-        centres = centres * torch.tensor([-1.0, 1.0])
-    steps = int(lengths.max())
-    b = len(batch)
-    z = encodings(model, x[:, :steps])
-    y, _ = model.step_encoded(z, model.initial_state(b))
-    y_last = y[torch.arange(b), lengths - 1]
-    logits = model.teacher_forced(y_last, tokens)
-    loss = ce(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
-    mask = torch.arange(steps)[None] < lengths[:, None]  # [B, T]: the clip's real frames
-    labels, centres = labels[:, :steps], centres[:, :steps]
-    ym = y[mask]
-    shape = clips.shape[batch][:, None].expand(-1, steps)[mask]
-    colour = clips.colour[batch][:, None].expand(-1, steps)[mask]
-    point = z[..., [0, caption.KEYPOINTS]][mask]
-    zm = z[mask]
-    extra = (
-        ce(aux.motion(ym), labels[mask])
-        + ce(aux.shape(ym), shape)
-        + ce(aux.colour(ym), colour)
-        + ce(aux.frame_shape(zm), shape)
-        + ce(aux.frame_colour(zm), colour)
-        + nn.functional.smooth_l1_loss(point * 10, centres[mask] * 10)
-    )
-    combined: Tensor = loss + weight * extra
-    return combined
 
 
 if __name__ == "__main__":
