@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -110,13 +109,8 @@ def tokens_of(caption: str) -> list[int]:
 
 def resize_rgb(frames: np.ndarray) -> np.ndarray:
     """``frames [T, H, W, 3]`` uint8 BGR -> ``[T, 96, 128, 3]`` uint8 RGB, resized as
-    streamer's ``pixels`` features resize (``cv2.INTER_AREA``)."""
-    out = np.empty((len(frames), INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)
-    for t, frame in enumerate(frames):
-        if (frame.shape[1], frame.shape[0]) != INPUT_SIZE:
-            frame = cv2.resize(frame, INPUT_SIZE, interpolation=cv2.INTER_AREA)
-        out[t] = frame[:, :, ::-1]
-    return out
+    streamer's ``pixels`` features resize (:func:`pipelines.motion.resize_rgb`)."""
+    return motion.resize_rgb(frames, INPUT_SIZE)
 
 
 # --- the model ------------------------------------------------------------------------

@@ -323,13 +323,14 @@ def trained(weights: str | None = None, hidden: int = HIDDEN) -> MotionLabeller:
     return load_trained(build(hidden=hidden), weights, WEIGHTS, "motion", TRAIN_COMMAND)
 
 
-def resize_rgb(frames: np.ndarray) -> np.ndarray:
-    """``frames [T, H, W, 3]`` uint8 BGR -> ``[T, 48, 64, 3]`` uint8 RGB, resized as
-    streamer's ``pixels`` features resize (``cv2.INTER_AREA``)."""
-    out = np.empty((len(frames), INPUT_SIZE[1], INPUT_SIZE[0], 3), np.uint8)
+def resize_rgb(frames: np.ndarray, size: tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """``frames [T, H, W, 3]`` uint8 BGR -> ``[T, height, width, 3]`` uint8 RGB (``size``
+    is (width, height), 64x48 by default), resized as streamer's ``pixels`` features
+    resize (``cv2.INTER_AREA``)."""
+    out = np.empty((len(frames), size[1], size[0], 3), np.uint8)
     for t, frame in enumerate(frames):
-        if (frame.shape[1], frame.shape[0]) != INPUT_SIZE:
-            frame = cv2.resize(frame, INPUT_SIZE, interpolation=cv2.INTER_AREA)
+        if (frame.shape[1], frame.shape[0]) != size:
+            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
         out[t] = frame[:, :, ::-1]
     return out
 
