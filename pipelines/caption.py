@@ -221,10 +221,7 @@ class CaptionModel(nn.Module):
         small = F.avg_pool2d(x.flatten(0, 1), 2)
         small = small.reshape(batch, steps, *small.shape[1:])
         logits, point, after = self.motion.track(small, state)
-        seen = state[2]
-        before = torch.cat([self.motion.point(state[1])[:, None], point[:, :-1]], dim=1)
-        known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
-        moved = (point - before) * known * 10.0
+        moved = motion.change_since(point, self.motion.point(state[1]), state[2]) * 10.0
         inputs = torch.cat([logits.log_softmax(-1), point, moved], dim=-1)
         windows = crop(x.flatten(0, 1), point.flatten(0, 1).detach(), window)
         return inputs, windows.reshape(batch, steps, *windows.shape[1:]), after

@@ -184,6 +184,15 @@ def _windows(centre: Tensor, height: int, width: int) -> Tensor:
     return torch.cat([w, 1 - w[:, -1:]], 1)
 
 
+def change_since(x: Tensor, last: Tensor, seen: Tensor) -> Tensor:
+    """Steps ``x [B, T, ...]`` -> each step minus the one before ``[B, T, ...]``: ``last
+    [B, ...]`` comes before the first step where ``seen [B, 1]`` is 1; where it is 0 (a
+    fresh stream) the first step has no change (zeros)."""
+    before = torch.cat([last[:, None], x[:, :-1]], dim=1)
+    known = torch.cat([seen, seen.new_ones(x.shape[0], x.shape[1] - 1)], dim=1)  # [B, T]
+    return (x - before) * known.reshape(*known.shape, *(1,) * (x.ndim - 2))
+
+
 class MotionLabeller(nn.Module):
     """``forward(x [B, T, 3, H, W], state) -> (logits [B, T, 5], state)``.
 
@@ -277,14 +286,11 @@ class MotionLabeller(nn.Module):
         if state is None:
             state = self.initial_state(batch)
         h, previous, seen, last, last_grey = state
-        known = torch.cat([seen, seen.new_ones(batch, steps - 1)], dim=1)  # [B, T]
         a, b = (p.reshape(batch, steps, *p.shape[1:]) for p in self.patches(x.flatten(0, 1)))
-        before = torch.cat([last[:, None], b[:, :-1]], dim=1)  # [B, T, C, h, w]
-        change = (b - before) * known[:, :, None, None, None]
+        change = change_since(b, last, seen)  # [B, T, C, h, w]
         z = self.encode(a.flatten(0, 1), change.flatten(0, 1)).reshape(batch, steps, -1)
         grey = x.mean(2, keepdim=True)  # [B, T, 1, H, W]
-        grey_before = torch.cat([last_grey[:, None], grey[:, :-1]], dim=1)
-        grey_before = grey - (grey - grey_before) * known[:, :, None, None, None]
+        grey_before = grey - change_since(grey, last_grey, seen)
         point = self.point(z)
         centre = point.flatten(0, 1).detach()  # fixed, as in training
         moved = flow(grey.flatten(0, 1), grey_before.flatten(0, 1), centre)
@@ -298,13 +304,11 @@ class MotionLabeller(nn.Module):
         """The GRU over encodings ``z [B, T, E]`` (see :meth:`encode`) and flows ``moved
         [B, T, FLOW_SIZE]`` (see :func:`flow`); ``state = (h, previous encoding, seen)``
         (``None``: fresh)."""
-        batch, steps = z.shape[:2]
+        batch = z.shape[0]
         if state is None:
             state = self.initial_state(batch)[:3]
         h, previous, seen = state
-        before = torch.cat([previous[:, None], z[:, :-1]], dim=1)  # [B, T, E]
-        known = torch.cat([seen[:, None], seen.new_ones(batch, steps - 1, 1)], dim=1)
-        change = (z - before) * known * DIFF_SCALE
+        change = change_since(z, previous, seen) * DIFF_SCALE  # [B, T, E]
         y, h = self.rnn(torch.relu(self.proj(torch.cat([z, change, moved], dim=-1))), h)
         return self.head(y), (h, z[:, -1], torch.ones_like(seen))
 
