@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipelines import caption, motion, motion_scenes  # noqa: E402
+from pipelines.train_motion import as_input  # noqa: E402
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 11, 12, 13
 MAX_FRAMES = 30
@@ -61,10 +62,9 @@ _labeller: caption.CaptionModel | None = None  # the rendering processes' model 
 class Clips:
     """Rendered clips, padded to :data:`MAX_FRAMES`: per frame the summary's ``inputs [N,
     T, 9]`` and the object's ``windows [N, T, 3, CROP + SHIFT, CROP + SHIFT]`` (float16),
-    ``lengths
-    [N]``, ``tokens [N, L]`` (padded with the end token), per clip ``shape`` and
-    ``colour`` indices ``[N]``, the captions, and (when kept) the frames ``x [N, T, 96,
-    128, 3]`` uint8 RGB."""
+    ``lengths [N]``, ``tokens [N, L]`` (padded with the end token), per clip ``shape``
+    and ``colour`` indices ``[N]``, the captions, and (when kept) the frames ``x [N, T,
+    96, 128, 3]`` uint8 RGB."""
 
     def __init__(self, parts: list[dict[str, object]]) -> None:
         def cat(key: str) -> Tensor:
@@ -101,8 +101,7 @@ def _render_part(job: tuple[int, int, int, bool]) -> dict[str, object]:
         captions.append(text)
     steps = max(lengths)
     with torch.inference_mode():  # as caption.normalise, to 1e-7, channels first at once
-        frames_in = torch.from_numpy(x[:, :steps]).movedim(-1, -3).contiguous()
-        frames_in = frames_in.to(torch.float32).mul_(2 / 255).sub_(1)
+        frames_in = as_input(torch.from_numpy(x[:, :steps]).movedim(-1, -3).contiguous())
         fresh = _labeller.motion.initial_state(count)
         inputs, windows, _ = _labeller.sense(frames_in, fresh, caption.CROP + SHIFT)
         pad = MAX_FRAMES - steps
