@@ -85,21 +85,66 @@ def as_input(rgb: torch.Tensor) -> torch.Tensor:
     return rgb.to(torch.float32).mul_(2 / 255).sub_(1)
 
 
-def encodings(model: motion.MotionLabeller, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips ``x [B, T, 3, H, W]`` uint8 RGB -> encodings ``[B, T, E]`` and flows ``[B, T,
-    F]``, each clip from a fresh state (what :meth:`motion.MotionLabeller.forward` feeds
-    its GRU)."""
+def encode(model: motion.MotionLabeller, x: torch.Tensor) -> torch.Tensor:
+    """Clips ``x [B, T, 3, H, W]`` uint8 RGB -> encodings ``[B, T, E]``, each clip from a
+    fresh state."""
     batch, steps = x.shape[:2]
     frames = as_input(x)
     a, b = (p.reshape(batch, steps, *p.shape[1:]) for p in model.patches(frames.flatten(0, 1)))
     change = torch.cat([torch.zeros_like(b[:, :1]), b[:, 1:] - b[:, :-1]], dim=1)
-    z = model.encode(a.flatten(0, 1), change.flatten(0, 1))
+    return model.encode(a.flatten(0, 1), change.flatten(0, 1)).reshape(batch, steps, -1)
+
+
+def clip_flows(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Clips ``x [B, T, 3, H, W]`` uint8 RGB, the object at ``centres [B, T, 2]`` -> the
+    flows :func:`motion.flow` gives the GRU ``[B, T, F]``, each clip from a fresh state."""
     with torch.no_grad():
-        grey = frames.mean(2, keepdim=True)  # [B, T, 1, H, W]
+        grey = as_input(x).mean(2, keepdim=True)  # [B, T, 1, H, W]
         before = torch.cat([grey[:, :1], grey[:, :-1]], dim=1)
-        centre = z[:, [0, motion.KEYPOINTS]]
-        moved = motion.flow(grey.flatten(0, 1), before.flatten(0, 1), centre)
-    return z.reshape(batch, steps, -1), moved.reshape(batch, steps, -1)
+        moved = motion.flow(grey.flatten(0, 1), before.flatten(0, 1), centres.flatten(0, 1))
+    return moved.reshape(*x.shape[:2], -1)
+
+
+def encodings(model: motion.MotionLabeller, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips ``x [B, T, 3, H, W]`` uint8 RGB -> encodings ``[B, T, E]`` and flows ``[B, T,
+    F]`` around the encodings' own point 0, each clip from a fresh state (what
+    :meth:`motion.MotionLabeller.forward` feeds its GRU)."""
+    z = encode(model, x)
+    return z, clip_flows(x, model.point(z).detach())
+
+
+def guided_flows(
+    x: torch.Tensor, centres: torch.Tensor, noise: float, generator: torch.Generator
+) -> torch.Tensor:
+    """The flows of every clip ``x [N, T, 3, H, W]`` around the renderer's object centres
+    ``[N, T, 2]`` moved by noise like the localiser's errors (normal, ``noise`` pixels of
+    64x48; one frame in ten four times that) -> ``[N, T, F]``: computed once, so that
+    most training steps need not measure them (they cost more than the rest of a step)."""
+    width, height = motion.INPUT_SIZE
+    scale = torch.tensor([2.0 / width, 2.0 / height]) * noise
+    jitter = torch.randn(centres.shape, generator=generator) * scale
+    wide = torch.rand(centres.shape[:-1], generator=generator) < 0.1
+    jitter[wide] *= 4
+    guided = (centres + jitter).clamp(-1, 1)
+    parts = zip(torch.split(x, 16), torch.split(guided, 16), strict=True)
+    return torch.cat([clip_flows(xb, cb) for xb, cb in parts])
+
+
+def flip_flows(moved: torch.Tensor, axis: int) -> torch.Tensor:
+    """Flows ``[..., F]`` (:func:`motion.flow` with a centre) of clips -> those of the
+    clips flipped left-right (``axis`` 0) or up-down (1): regions mirrored, the motion
+    along the axis negated (equal to computing them on flipped clips, to 1e-4)."""
+    rows, columns = motion.FLOW_REGIONS
+    size, sigmas = motion.REGION_FLOW_SIZE, len(motion.OBJECT_SIGMAS)
+    regions = moved[..., :size].unflatten(-1, (motion.FLOW_LEVELS, 3, rows, columns))
+    regions = regions.flip(-1 if axis == 0 else -2).clone()
+    regions[..., axis, :, :] *= -1
+    obj = moved[..., size:].clone()
+    obj[..., axis] *= -1  # the camera's shift
+    for level in range(len(motion.OBJECT_LEVELS)):
+        first = 2 + level * (3 * sigmas + 2) + axis * (sigmas + 1)
+        obj[..., first : first + sigmas + 1] *= -1
+    return torch.cat([regions.flatten(-4), obj], -1)
 
 
 def locate_loss(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -152,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         "--locate-first", type=float, default=0.15, help="budget share of the localiser alone"
     )
     parser.add_argument(
+        "--guided",
+        type=float,
+        default=0.8,
+        help="share of the joint phase whose flows are measured once, around the renderer's "
+        "object centres (with --centre-noise); the rest measures them around the model's "
+        "own point 0, as it runs",
+    )
+    parser.add_argument(
+        "--centre-noise", type=float, default=1.0, help="guided centres' noise, pixels of 64x48"
+    )
+    parser.add_argument(
         "--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads"
     )
     parser.add_argument("--jobs", type=int, default=2, help="rendering processes")
@@ -170,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.total - rendered - EVALUATE_S
     if args.budget is not None:
         budget = min(budget, args.budget)
+
+    guided_at = time.monotonic()
+    flows = guided_flows(x, c, args.centre_noise, torch.Generator().manual_seed(1))
+    guided_s = time.monotonic() - guided_at
+    budget -= guided_s
 
     model = motion.build(hidden=args.hidden)
     params = list(model.parameters())
@@ -208,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. everything, on whole clips, until the budget is spent; the learning rate follows
     # a cosine over the time left (a time budget, not a number of epochs)
     joint_at, joint_s = spent(), float(budget * (1 - args.locate_first))
-    epochs = steps = 0
+    epochs = steps = live_steps = 0
 
     def progress() -> float:
         """The share of the joint phase done: of its steps, else of its time."""
@@ -223,12 +284,18 @@ def main(argv: list[str] | None = None) -> int:
             done = min(1.0, progress())
             for group in optimiser.param_groups:
                 group["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * done)))
-            xb, yb, cb, wb = x[batch], y[batch], c[batch], weight[batch]
+            xb, yb, cb, wb, fb = x[batch], y[batch], c[batch], weight[batch], flows[batch]
             if torch.rand(1, generator=generator) < 0.5:
                 xb, yb, cb = xb.flip(-1), FLIP_X[yb], cb * torch.tensor([-1.0, 1.0])
+                fb = flip_flows(fb, 0)
             if torch.rand(1, generator=generator) < 0.5:
                 xb, yb, cb = xb.flip(-2), FLIP_Y[yb], cb * torch.tensor([1.0, -1.0])
-            z, moved = encodings(model, xb)
+                fb = flip_flows(fb, 1)
+            if done < args.guided:
+                z, moved = encode(model, xb), fb
+            else:
+                z, moved = encodings(model, xb)
+                live_steps += 1
             logits = model.step_encoded(z, moved)[0]
             each = loss_fn(logits.reshape(-1, logits.shape[-1]), yb.reshape(-1))
             loss = (each * wb.reshape(-1)).sum() / wb.sum() + args.locate * locate_loss(z, cb)
@@ -257,8 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         "render_jobs": args.jobs,
         "clips": len(x),
         "frames_per_clip": args.frames,
+        "guided_flow_seconds": round(guided_s, 1),
         "localiser_steps": located,
         "steps": steps,
+        "steps_with_own_centres": live_steps,
         "epochs": epochs,
         "validation_clips": len(xv),
         "validation_accuracy": round(validation, 4),
