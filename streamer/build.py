@@ -29,7 +29,8 @@ from streamer.metrics import Metrics
 from streamer.models import load_model
 from streamer.pipeline import Pipeline
 from streamer.safety import add_cwd_to_path, factory_input, source_inputs
-from streamer.sinks import ConsoleSink, JsonlSink, Sink
+from streamer.sinks import SINKS, Sink
+from streamer.sinks.base import SINK_CAPACITY, Delivery, SinkContext, default_delivery
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stages import Stage, ThresholdStage
 from streamer.stages.model import ModelSettings, ModelStage, dry_check
@@ -140,9 +141,9 @@ def output_paths(config: PipelineConfig, overrides: Overrides) -> list[tuple[str
     """Every file the run will write, named as the user gave it (flag or sink key)."""
     named: list[tuple[str, Path]] = []
     for name, sink in zip(sink_names(config, overrides), config.sinks, strict=True):
-        path = getattr(sink, "path", None)
-        if isinstance(sink, JsonlSinkConfig | VideoSinkConfig) and path is not None:
-            named.append((name if name.startswith("--") else f"{name} path", Path(path)))
+        path = sink.writes()
+        if path is not None:
+            named.append((name if name.startswith("--") else f"{name} path", path))
     return named
 
 
@@ -225,19 +226,19 @@ def build_pipeline(
     if isinstance(stage, ModelStage):
         metrics.reporters.append(stage.report)
     sinks: list[Sink] = []
+    deliveries: list[Delivery] = []
     names = names or [f"[[sinks]] #{n}" for n in range(1, len(config.sinks) + 1)]
-    for name, sink_config in zip(names, config.sinks, strict=True):
-        if isinstance(sink_config, ConsoleSinkConfig):
-            console = ConsoleSink(every=sink_config.every)
-            if mode == "offline":
-                totals = [info.total_frames for source in sources for info in source.streams]
-                known = None if None in totals else sum(t for t in totals if t is not None)
-                console.track(metrics, known)
-            sinks.append(console)
-        elif isinstance(sink_config, JsonlSinkConfig):
-            sinks.append(JsonlSink(Path(sink_config.path)))
-        elif isinstance(sink_config, VideoSinkConfig):
-            sinks.append(_video_sink(sink_config, name, sources, mode, clock))
+    for name, options in zip(names, config.sinks, strict=True):
+        context = SinkContext(name, sources, mode, clock, metrics)
+        sink = SINKS.get(options.type).build(options, context)
+        sinks.append(sink)
+        deliveries.append(
+            Delivery(
+                policy=options.policy or default_delivery(sink).policy,
+                capacity=options.capacity or SINK_CAPACITY,
+                on_error=options.on_error,
+            )
+        )
     return Pipeline(
         sources,
         stages,
@@ -249,47 +250,8 @@ def build_pipeline(
         source_capacity=config.run.queue,
         metrics=metrics,
         fail_fast=config.run.fail_fast,
-    )
-
-
-def _video_sink(
-    config: VideoSinkConfig, name: str, sources: list[Source], mode: str, clock: Clock
-) -> Sink:
-    """A video sink of the stream it names, or of the first video stream declared."""
-    from streamer.sinks.video import VideoSink, check_display, check_video_path
-
-    flag = name.startswith("--")
-    path = Path(config.path) if config.path is not None else None
-    if path is not None:
-        check_video_path(path, name if flag else f"{name} path", config.codec)
-    if config.preview:
-        check_display(name if flag else f"{name} preview")
-    infos = [info for source in sources for info in source.streams]
-    video = [info for info in infos if info.media == "video"]
-    what = name if flag else f"{name} (video{f', {path}' if path else ''})"
-    if not video:
-        audio = ", ".join(f"'{info.stream}'" for info in infos)
-        raise InputError(
-            f"{what}: the sources deliver no video stream (only audio: {audio}); a video"
-            " sink draws on video frames"
-        )
-    if config.stream is not None and config.stream not in {info.stream for info in video}:
-        known = ", ".join(f"'{info.stream}'" for info in video)
-        raise InputError(
-            f"{what}: stream '{config.stream}' is not a video stream of the sources"
-            f" (video streams: {known})"
-        )
-    info = next(info for info in video if config.stream in (None, info.stream))
-    return VideoSink(
-        path,
-        info.stream,
-        wait=mode != "realtime",
-        fps=config.fps or (info.rate if info.rate > 0 else None),
-        codec=config.codec,
-        preview=config.preview,
-        max_buffer_mb=config.max_buffer_mb,
-        clock=clock,
-        where=what,
+        latency_budget_ms=config.run.latency_budget_ms,
+        deliveries=deliveries,
     )
 
 
@@ -346,6 +308,7 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         end_token=model.end_token,
         decode=model.decode,
         min_steps=model.min_steps,
+        latency_budget_ms=config.run.latency_budget_ms,
     )
     stage = ModelStage(
         loaded,

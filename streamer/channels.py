@@ -1,6 +1,8 @@
 """Bounded channels between pipeline stages, each with a named overflow policy.
 
 ``block``: a full channel makes the sender wait (lossless backpressure).
+``drop-oldest``: a full channel drops its oldest item to make room; the sender never waits
+(a sink's edge, so that a slow sink holds up nothing; the drops are counted).
 ``latest``: at most one frame per stream waits (a newer frame replaces it), and a channel full
 of other streams' frames drops its oldest frame to make room: the newest frame wins;
 the drops are counted and the receiver gets a :class:`~streamer.frames.Gap` marker
@@ -19,8 +21,8 @@ from typing import Generic, Literal, TypeVar
 from streamer.errors import ChannelClosed
 from streamer.frames import Frame, Gap
 
-Policy = Literal["block", "latest"]
-POLICIES: tuple[Policy, ...] = ("block", "latest")
+Policy = Literal["block", "latest", "drop-oldest"]
+POLICIES: tuple[Policy, ...] = ("block", "latest", "drop-oldest")
 
 T = TypeVar("T")
 
@@ -92,6 +94,8 @@ class Channel(Generic[T]):
         its stream's queued frame (at most one frame per stream waits), and when the
         channel is full of other streams' frames it displaces the oldest of them."""
         self._check_open()
+        if self.policy == "drop-oldest":
+            self._make_room(1)
         latest = self.policy == "latest"
         if latest and isinstance(item, Frame) and self._queued.get(item.stream):
             self._drop_oldest_frame(item.stream)
@@ -129,6 +133,8 @@ class Channel(Generic[T]):
         done = 0
         while done < len(items):
             self._check_open()
+            if self.policy == "drop-oldest":
+                self._make_room(min(len(items) - done, self.capacity))
             room = self.capacity - len(self._buffer)
             if room <= 0:
                 self._not_full.clear()
@@ -185,7 +191,7 @@ class Channel(Generic[T]):
 
     def take_ready(self, limit: int | None = None) -> list[T]:
         """Everything already buffered (at most ``limit`` items), without waiting."""
-        if self.policy == "block":  # no gaps to interleave: the buffer's head, at once
+        if self.policy != "latest":  # no gaps to interleave: the buffer's head, at once
             buffer = self._buffer
             count = len(buffer) if limit is None else min(limit, len(buffer))
             if not count:
@@ -244,6 +250,17 @@ class Channel(Generic[T]):
         return gap
 
     # -- overflow ----------------------------------------------------------------------
+    def _make_room(self, count: int) -> None:
+        """``drop-oldest``: drop the oldest items until ``count`` more fit (counted, per
+        stream where an item has one)."""
+        stats = self.stats
+        while len(self._buffer) > self.capacity - count:
+            _, _, item = self._buffer.popleft()
+            stats.dropped += 1
+            stream = getattr(item, "stream", None)
+            if isinstance(stream, str):
+                stats.dropped_by_stream[stream] = stats.dropped_by_stream.get(stream, 0) + 1
+
     def _drop_oldest_frame(self, stream: object) -> bool:
         """Drop the oldest frame of ``stream`` (newest wins per stream), else the oldest."""
         oldest: int | None = None

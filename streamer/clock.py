@@ -78,6 +78,11 @@ class VirtualClock:
         self._schedule_poke(loop)
         await future
 
+    def spend(self, seconds: float) -> None:
+        """Advance the time by ``seconds`` from inside a busy call (a worker thread's
+        blocking call, such as a test model's cost): what waits sees it took that long."""
+        self._now += max(0.0, seconds)
+
     @contextmanager
     def busy(self) -> Iterator[None]:
         self._busy += 1

@@ -15,40 +15,31 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import (
-    AllowInfNan,
-    BaseModel,
-    ConfigDict,
-    Field,
-    Strict,
-    StrictBool,
-    StrictStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, model_validator
 
 from streamer.errors import InputError
+from streamer.options import (
+    MAX_CHUNK,
+    MAX_RATE,
+    MAX_SECONDS,
+    MAX_SIDE,
+    MAX_THREADS,
+    Bool,
+    Float,
+    Int,
+    Mode,
+    Section,
+    Str,
+)
+from streamer.sinks import SINKS
+from streamer.sinks.base import SinkOptions
+from streamer.sinks.console import ConsoleSinkConfig as ConsoleSinkConfig
+from streamer.sinks.jsonl import JsonlSinkConfig as JsonlSinkConfig
+from streamer.sinks.video import VideoSinkConfig as VideoSinkConfig
 
-Mode = Literal["realtime", "online", "offline"]
-
-# Strict scalars: no bool-as-int, no str-as-number; floats finite (ints are accepted).
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict(), AllowInfNan(False)]
-Bool = StrictBool
-Str = StrictStr
-
-#: Bounds: generous for real devices and files, tight enough to refuse what cannot work.
-MAX_RATE = 384_000.0  # audio Hz (the highest common ADC rate); video fps are far below
-MAX_CHUNK = 1 << 20  # audio samples per frame (over 2 s at 384 kHz)
-MAX_SIDE = 16_384  # video pixels per side
-MAX_SECONDS = 366 * 24 * 3600.0  # run duration, ttl: a year
-MAX_THREADS = 256
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Section = Section  # the base of every table
 
 
 class SourceConfig(_Section):
@@ -305,42 +296,19 @@ class RunConfig(_Section):
     duration: Annotated[Float, Field(gt=0, le=MAX_SECONDS)] | None = None
     max_frames: Annotated[Int, Field(ge=1, le=10**12)] | None = None
     queue: Annotated[Int, Field(ge=1, le=65_536)] | None = None
+    #: outputs later than this (capture to emission) are marked late and counted; in
+    #: realtime mode the model stage skips frames already older than it
+    latency_budget_ms: Annotated[Float, Field(gt=0, le=MAX_SECONDS * 1000)] | None = None
 
 
-class ConsoleSinkConfig(_Section):
-    type: Literal["console"]
-    every: Annotated[Int, Field(ge=1, le=10**9)] = 1
-
-
-class JsonlSinkConfig(_Section):
-    type: Literal["jsonl"]
-    path: Annotated[Str, Field(min_length=1)]
-
-
-class VideoSinkConfig(_Section):
-    """``type = "video"``: the input frames of one video stream with their labels drawn on
-    (see :mod:`streamer.sinks.video`), written to ``path`` and/or shown (``preview``)."""
-
-    type: Literal["video"]
-    path: Annotated[Str, Field(min_length=1)] | None = None
-    stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
-    fps: Annotated[Float, Field(gt=0, le=1000)] | None = None
-    codec: Literal["mp4v", "MJPG", "VP80"] | None = None
-    preview: Bool = False
-    max_buffer_mb: Annotated[Float, Field(gt=0, le=1 << 20)] = 512.0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> VideoSinkConfig:
-        if self.path is None and not self.preview:
-            raise ValueError(
-                "path: a video sink writes a file (path = ...) or shows a window (preview = true)"
-            )
-        return self
-
-
-SinkConfig = Annotated[
-    ConsoleSinkConfig | JsonlSinkConfig | VideoSinkConfig, Field(discriminator="type")
-]
+# The sink tables: one options model per registered kind, told apart by ``type``.
+if TYPE_CHECKING:
+    SinkConfig = SinkOptions
+else:
+    SinkConfig = Annotated[
+        Union[tuple(kind.options for kind in SINKS.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
 
 
 class PipelineConfig(_Section):
@@ -450,7 +418,7 @@ def _flag_error(flag: str, error: Any) -> InputError:
 def describe_error(exc: ValidationError) -> str:
     """The first validation problem as one line: where (section and key) and what."""
     error = exc.errors()[0]
-    loc = [part for part in error["loc"] if part not in ("console", "jsonl", "video")]
+    loc = [part for part in error["loc"] if part not in SINKS]  # the union's branch names
     # pydantic names the branch of an optional field ("constrained-float"...): drop it
     loc = [p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("constr")))]
     where = _where(loc)

@@ -221,6 +221,8 @@ class Output:
     t0: float | None = None
     t1: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: its latency exceeded the run's ``latency_budget_ms`` (stamped with the latency)
+    late: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL record: plain Python types, floats at full precision."""
@@ -238,6 +240,8 @@ class Output:
             record["t0"] = None if self.t0 is None else _finite(self.t0)
             record["t1"] = None if self.t1 is None else _finite(self.t1)
         record.update({str(k): _json_safe(v) for k, v in self.extra.items()})
+        if self.late:
+            record["late"] = True
         return record
 
 

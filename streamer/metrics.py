@@ -3,7 +3,9 @@
 The counts add up: ``dropped`` is every frame the pipeline itself discarded: the frames a
 ``latest`` edge displaced (per edge in ``edges``), the frames a stage dropped as invalid
 (NaN/Inf, reported as ``invalid``) and the frames a live source's push buffer dropped when
-the pipeline fell behind the device (``source_overflow``). Per stream, ``dropped`` is that
+the pipeline fell behind the device (``source_overflow``), and in realtime mode the
+frames the model stage skipped as older than ``[run] latency_budget_ms`` (``deadline``).
+Outputs later than that budget are counted as ``late``. Per stream, ``dropped`` is that
 stream's share (the streams' ``dropped`` sum to the total) and ``frames_missing`` counts
 the frames of every gap marker that reached the sinks' side: the dropped frames, once their
 markers are through, plus what the device itself lost (an outage, an input overflow), so
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from streamer.channels import Channel
 from streamer.clock import Clock
 from streamer.frames import Frame, Gap, Item, Output
+
+if TYPE_CHECKING:
+    from streamer.sinks.base import Delivery
 
 
 @dataclass
@@ -32,6 +37,8 @@ class StreamCounts:
     frames_missing: int = 0
     invalid: int = 0  # frames a stage dropped as invalid (Gap reason "invalid")
     overflowed: int = 0  # frames a live source's push buffer dropped ("source-overflow")
+    deadline: int = 0  # frames the model stage skipped, older than the budget ("deadline")
+    late: int = 0  # outputs later than the latency budget
 
 
 @dataclass
@@ -45,6 +52,11 @@ class Metrics:
     channels: list[Channel[Any]] = field(default_factory=list)
     listeners: list[Callable[[Metrics], None]] = field(default_factory=list)
     reporters: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
+    #: each sink's edge with its delivery (outputs, not frames: their drops are the
+    #: summary's ``sinks``, not its ``dropped``)
+    sink_edges: list[tuple[Channel[Any], Delivery]] = field(default_factory=list)
+    #: sinks dropped from the run after a failure (``on_error = "drop"``) -> the error
+    failed_sinks: dict[str, str] = field(default_factory=dict)
     frames_in: int = 0
     outputs: int = 0
     started: float | None = None
@@ -83,7 +95,10 @@ class Metrics:
         """An output is handed to the sinks (its latency already stamped)."""
         now = self.clock.now()
         self.outputs += 1
-        self._stream(output.stream).outputs += 1
+        counts = self._stream(output.stream)
+        counts.outputs += 1
+        if output.late:
+            counts.late += 1
         if output.latency_ms is not None:
             self.latencies_ms.append(output.latency_ms)
         if self.first_output is None:
@@ -100,6 +115,8 @@ class Metrics:
                 counts.invalid += item.count
             elif item.reason == "source-overflow":
                 counts.overflowed += item.count
+            elif item.reason == "deadline":
+                counts.deadline += item.count
 
     def summary(self) -> dict[str, Any]:
         """The end-of-run figures as plain JSON-able values."""
@@ -112,7 +129,18 @@ class Metrics:
                 "dropped": c.stats.dropped,
                 "max_depth": c.stats.max_depth,
             }
-            for c in self.channels
+            for c in [*self.channels, *(edge for edge, _delivery in self.sink_edges)]
+        }
+        sinks = {
+            edge.name.removeprefix("fanout>"): {
+                "policy": delivery.policy,
+                "capacity": delivery.capacity,
+                "on_error": delivery.on_error,
+                "dropped": edge.stats.dropped,
+                "max_depth": edge.stats.max_depth,
+                "failed": self.failed_sinks.get(edge.name.removeprefix("fanout>")),
+            }
+            for edge, delivery in self.sink_edges
         }
         overflow: dict[str, int] = {}  # frames displaced by latest edges, per stream
         for channel in self.channels:
@@ -122,26 +150,35 @@ class Metrics:
             self._stream(stream)
         invalid = sum(c.invalid for c in self.streams.values())
         overflowed = sum(c.overflowed for c in self.streams.values())
+        deadline = sum(c.deadline for c in self.streams.values())
         return {
             "mode": self.mode,
             "stopped": self.stop_reason,
             "elapsed_s": elapsed,
             "frames_in": self.frames_in,
             "outputs": self.outputs,
-            "dropped": sum(c.stats.dropped for c in self.channels) + invalid + overflowed,
+            "dropped": sum(c.stats.dropped for c in self.channels)
+            + invalid
+            + overflowed
+            + deadline,
             "invalid": invalid,
             "source_overflow": overflowed,
+            "deadline": deadline,
+            "late": sum(c.late for c in self.streams.values()),
             "fps_in": _rate(self.frames_in, self.first_input, self.last_input),
             "fps_out": _rate(self.outputs, self.first_output, self.last_output),
             "latency_ms": _percentiles(self.latencies_ms),
             "edges": edges,
+            "sinks": sinks,
             "streams": {
                 name: {
                     "frames_in": c.frames_in,
                     "outputs": c.outputs,
-                    "dropped": overflow.get(name, 0) + c.invalid + c.overflowed,
+                    "dropped": overflow.get(name, 0) + c.invalid + c.overflowed + c.deadline,
                     "invalid": c.invalid,
                     "source_overflow": c.overflowed,
+                    "deadline": c.deadline,
+                    "late": c.late,
                     "gaps": c.gaps,
                     "frames_missing": c.frames_missing,
                 }
@@ -179,8 +216,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"elapsed {summary['elapsed_s']:.3f} s",
         f"frames in {summary['frames_in']}, outputs {summary['outputs']}, "
         f"dropped {summary['dropped']}"
-        + (f" ({summary['invalid']} invalid)" if summary.get("invalid") else ""),
+        + (f" ({summary['invalid']} invalid)" if summary.get("invalid") else "")
+        + (f" ({summary['deadline']} past the deadline)" if summary.get("deadline") else ""),
     ]
+    if summary.get("late"):
+        lines.append(f"late outputs (over the latency budget) {summary['late']}")
     fps_in, fps_out = summary["fps_in"], summary["fps_out"]
     if fps_in is not None or fps_out is not None:
         lines.append(f"fps in {_fmt(fps_in)}, fps out {_fmt(fps_out)}")
@@ -199,9 +239,15 @@ def format_summary(summary: dict[str, Any]) -> str:
             delay = "" if seconds is None else f" = {seconds * 1000:.0f} ms"
             line += f", declared lookahead delay {summary['lookahead_frames']} steps{delay}"
         lines.append(line)
+    sink_edges = {f"fanout>{name}" for name in summary.get("sinks", {})}
     for name, edge in summary["edges"].items():
-        if edge["dropped"]:
+        if edge["dropped"] and name not in sink_edges:
             lines.append(f"edge {name} ({edge['policy']}): dropped {edge['dropped']}")
+    for name, sink in summary.get("sinks", {}).items():
+        if sink["dropped"]:
+            lines.append(f"{name} ({sink['policy']}): dropped {sink['dropped']} outputs")
+        if sink["failed"]:
+            lines.append(f"{name} failed and was dropped from the run: {sink['failed']}")
     return "\n".join("summary: " + line for line in lines)
 
 

@@ -6,12 +6,18 @@ edge's policy: ``realtime`` uses ``latest`` (the newest frame of a stream wins),
 (``latest`` gets two slots per source: a frame and a marker.)
 
 Failure: a stage or sink that raises cancels the run, which raises a
-:class:`~streamer.errors.StageError` naming it. A source that raises is treated as the end of
-its input: what it delivered is still processed and written, then the run raises.
+:class:`~streamer.errors.StageError` naming it; a sink whose delivery says ``on_error =
+"drop"`` is dropped from the run with a warning instead, and the others go on. A source
+that raises is treated as the end of its input: what it delivered is still processed and
+written, then the run raises.
 Stop: :meth:`Pipeline.stop` drains (sources stop, queued work finishes, sinks close);
 :meth:`Pipeline.abort` cancels at once (sinks are still closed). A sink whose pipe's reader
 has gone (``BrokenPipeError``) gets no more outputs and stops the run like a drain.
-Metrics count an output once every sink is done with it.
+Metrics count an output once every sink is done with it (written, or dropped by its edge).
+
+Sinks: each sink's edge ``fanout>SINK`` has its own :class:`~streamer.sinks.base.Delivery`:
+``block`` (lossless backpressure) or ``drop-oldest`` (a slow sink holds up nothing; its
+drops are counted in the summary's ``sinks``), with its own capacity.
 
 Frame tap: a :class:`~streamer.sinks.base.FrameSink` (the annotated video) also gets the
 input frames and markers of its streams, copied by the source pumps right after each
@@ -25,11 +31,12 @@ own task, and is closed once both that task and its outputs are done.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from streamer.channels import Channel, Policy
 from streamer.clock import Clock, RealClock
@@ -37,16 +44,24 @@ from streamer.collector import run_heap
 from streamer.errors import StageError, StreamerError
 from streamer.frames import Frame, Output, StreamEnd, StreamStart
 from streamer.metrics import Metrics
-from streamer.sinks.base import MAX_SEND_BATCH, BatchSink, FrameSink, Sink
+from streamer.options import MODES as MODES
+from streamer.options import Mode as Mode
+from streamer.sinks.base import (
+    MAX_SEND_BATCH,
+    BatchSink,
+    Delivery,
+    FrameSink,
+    Sink,
+    default_delivery,
+)
 from streamer.sources.base import Source
 from streamer.stages.base import Stage
 
-Mode = Literal["realtime", "online", "offline"]
-MODES: tuple[Mode, ...] = ("realtime", "online", "offline")
+log = logging.getLogger(__name__)
+
 
 #: Capacity of the lossless edges (frames or outputs in flight per edge).
 BLOCK_CAPACITY: dict[Mode, int] = {"realtime": 64, "online": 64, "offline": 1024}
-SINK_CAPACITY = 256
 #: Capacity of a frame tap (frames and markers on their way to a frame sink).
 TAP_CAPACITY = 8
 
@@ -65,6 +80,10 @@ class Pipeline:
     source_capacity: int | None = None
     metrics: Metrics | None = None
     fail_fast: bool = False
+    #: outputs later than this are marked ``late`` (and counted in the summary)
+    latency_budget_ms: float | None = None
+    #: per sink, how it gets its outputs (None: each sink's :func:`default_delivery`)
+    deliveries: Sequence[Delivery] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,6 +94,10 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         if self.metrics is None:
             self.metrics = Metrics(self.clock, mode=self.mode)
+        if self.deliveries is None:
+            self.deliveries = [default_delivery(sink) for sink in self.sinks]
+        if len(self.deliveries) != len(self.sinks):
+            raise ValueError("give one delivery per sink")
         self._source_tasks: list[asyncio.Task[None]] = []
         self._main: asyncio.Task[Any] | None = None
         self._stopping: str | None = None
@@ -136,8 +159,10 @@ class Pipeline:
         for before, after in zip(self.stages, [*self.stages[1:], None], strict=True):
             target = after.name if after is not None else "sinks"
             edges.append(Channel(f"{before.name}>{target}", BLOCK_CAPACITY[self.mode], "block"))
+        assert self.deliveries is not None
         sink_edges: list[Channel[Output]] = [
-            Channel(f"fanout>{sink.name}", SINK_CAPACITY, "block") for sink in self.sinks
+            Channel(f"fanout>{sink.name}", delivery.capacity, delivery.policy)
+            for sink, delivery in zip(self.sinks, self.deliveries, strict=True)
         ]
         self._taps = [
             (sink, Channel(f"tap>{sink.name}", TAP_CAPACITY, policy, producers=len(self.sources)))
@@ -145,7 +170,8 @@ class Pipeline:
             if isinstance(sink, FrameSink)
         ]
         taps = {id(sink): (sink, tap) for sink, tap in self._taps}
-        metrics.channels.extend([*edges, *sink_edges, *(tap for _sink, tap in self._taps)])
+        metrics.channels.extend([*edges, *(tap for _sink, tap in self._taps)])
+        metrics.sink_edges.extend(zip(sink_edges, self.deliveries, strict=True))
         metrics.start()
         try:
             async with asyncio.TaskGroup() as group:
@@ -154,7 +180,7 @@ class Pipeline:
                     if id(sink) in taps:
                         frame_sink, tap = taps[id(sink)]
                         frames = group.create_task(
-                            _named(sink.name, self._pump_frames(frame_sink, tap))
+                            _named(sink.name, self._pump_frames(frame_sink, tap, number))
                         )
                     group.create_task(
                         _named(sink.name, self._pump_sink(number, sink, edge, frames))
@@ -286,6 +312,7 @@ class Pipeline:
                 # what is already queued goes on together, stamped at the same moment
                 outputs: list[Output] = []
                 now = self.clock.now()
+                budget = self.latency_budget_ms
                 for item in [first, *inbox.take_ready(MAX_SEND_BATCH - 1)]:
                     if not isinstance(item, Output):
                         metrics.on_marker(item)
@@ -296,6 +323,8 @@ class Pipeline:
                     object.__setattr__(
                         item, "latency_ms", latency if math.isfinite(latency) else None
                     )
+                    if budget is not None and latency > budget:
+                        object.__setattr__(item, "late", True)
                     if sink_edges:
                         self._undelivered.append(item)
                         outputs.append(item)
@@ -307,11 +336,18 @@ class Pipeline:
             for edge in sink_edges:
                 edge.close()
 
-    @staticmethod
-    async def _pump_frames(sink: FrameSink, tap: Channel[Any]) -> None:
-        """Run a frame sink's frame loop; like a stage, it must read its tap to the end."""
+    async def _pump_frames(self, sink: FrameSink, tap: Channel[Any], number: int) -> None:
+        """Run a frame sink's frame loop; like a stage, it must read its tap to the end.
+        A sink dropped from the run after a failure still drains its tap (a source
+        blocked on it would otherwise wait for ever)."""
         try:
-            await sink.run_frames(tap)
+            try:
+                await sink.run_frames(tap)
+            except Exception as exc:
+                if not self._dropping(number, sink, exc):
+                    raise
+                async for _item in tap:
+                    pass
             if not tap.drained:
                 raise RuntimeError(f"run_frames() returned before '{tap.name}' ended")
         finally:
@@ -326,32 +362,65 @@ class Pipeline:
     ) -> None:
         """Hand each output to ``sink``; close it once its frame task (``frames``, for a
         frame sink) is done too. A sink whose pipe's reader is gone (``| head``) gets no
-        more outputs and stops the run (a drain, like Ctrl-C)."""
-        broken = False
+        more outputs and stops the run (a drain, like Ctrl-C); one that raises fails the
+        run, or, with ``on_error = "drop"``, gets no more outputs while the others go on.
+        The outputs its edge dropped count as done with (they are older than the next one
+        it receives)."""
+        skip = False
         batched = isinstance(sink, BatchSink)
+        accounted = 0  # the edge's drops counted as done with so far
         try:
             async for output in inbox:
                 # a sink that takes batches gets what is already queued in one call
-                more = inbox.take_ready(MAX_SEND_BATCH - 1) if batched else []
+                more = inbox.take_ready(MAX_SEND_BATCH - 1) if batched or skip else []
+                if inbox.stats.dropped > accounted:
+                    self._delivered(number, inbox.stats.dropped - accounted)
+                    accounted = inbox.stats.dropped
                 try:
-                    if broken:
+                    if skip:
                         pass
                     elif more:
                         await cast(BatchSink, sink).send_many([output, *more])
                     else:
                         await sink.send(output)
                 except BrokenPipeError:
-                    broken = True
+                    skip = True
                     self.stop("broken-pipe")
                 except asyncio.CancelledError:
                     # An abort lets the send in flight land first (JsonlSink.send does).
                     self._delivered(number, 1 + len(more))
                     raise
+                except Exception as exc:
+                    if not self._dropping(number, sink, exc):
+                        raise
+                    skip = True
                 self._delivered(number, 1 + len(more))
         finally:
             if frames is not None:
                 await asyncio.wait([frames])  # its failure is the TaskGroup's to report
-            await sink.aclose()
+            try:
+                await sink.aclose()
+            except Exception as exc:
+                if not self._dropping(number, sink, exc):
+                    raise
+
+    def _dropping(self, number: int, sink: Sink, exc: Exception) -> bool:
+        """Whether sink ``number``, which raised ``exc``, is dropped from the run (its
+        delivery's ``on_error = "drop"``: warned once, reported in the summary) rather
+        than failing it."""
+        assert self.deliveries is not None and self.metrics is not None
+        if self.deliveries[number].on_error != "drop":
+            return False
+        if sink.name not in self.metrics.failed_sinks:
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self.metrics.failed_sinks[sink.name] = message
+            log.warning(
+                "%s failed and is dropped from the run (on_error = \"drop\"); the other sinks"
+                " go on: %s",
+                sink.name,
+                message,
+            )
+        return True
 
     def _delivered(self, number: int, count: int = 1) -> None:
         """Sink ``number`` is done with its next ``count`` outputs; an output counts in the

@@ -1,12 +1,18 @@
 """Sinks receive outputs: ``await sink.send(output)`` per output, ``await sink.aclose()`` once.
 
 A :class:`FrameSink` (the annotated video) also reads the input frames of its streams from
-the pipeline's frame tap.
+the pipeline's frame tap. Each kind is registered here by its ``[[sinks]] type``: its
+options model and its ``build`` (a new sink is its own module and one line below).
 """
 
-from streamer.sinks.base import FrameSink, Sink
+from streamer.sinks.base import SINKS, FrameSink, Sink, SinkKind
 from streamer.sinks.callback import CallbackSink
-from streamer.sinks.console import ConsoleSink
-from streamer.sinks.jsonl import JsonlSink
+from streamer.sinks.console import ConsoleSink, ConsoleSinkConfig, build_console
+from streamer.sinks.jsonl import JsonlSink, JsonlSinkConfig, build_jsonl
+from streamer.sinks.video import VideoSinkConfig, build_video
 
-__all__ = ["CallbackSink", "ConsoleSink", "FrameSink", "JsonlSink", "Sink"]
+SINKS.register("console", SinkKind(ConsoleSinkConfig, build_console))
+SINKS.register("jsonl", SinkKind(JsonlSinkConfig, build_jsonl))
+SINKS.register("video", SinkKind(VideoSinkConfig, build_video))
+
+__all__ = ["SINKS", "CallbackSink", "ConsoleSink", "FrameSink", "JsonlSink", "Sink", "SinkKind"]

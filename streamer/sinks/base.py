@@ -1,15 +1,25 @@
-"""The sink interface, and the frame tap of sinks that also need the input frames."""
+"""The sink interface, the frame tap of sinks that also need the input frames, each sink's
+delivery, and the registry of sink kinds (``[[sinks]] type = ...``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import Field
 
 from streamer.frames import Output
+from streamer.options import Int, Section
+from streamer.registry import Registry
 
 if TYPE_CHECKING:
     from streamer.channels import Channel
+    from streamer.clock import Clock
     from streamer.frames import Frame, Marker
+    from streamer.metrics import Metrics
+    from streamer.sources.base import Source
 
 
 @runtime_checkable
@@ -37,6 +47,35 @@ class BatchSink(Sink, Protocol):
 #: The most outputs the pipeline hands a :class:`BatchSink` in one call.
 MAX_SEND_BATCH = 256
 
+DeliveryPolicy = Literal["block", "drop-oldest"]
+OnError = Literal["fail", "drop"]
+#: Outputs a sink's edge holds when neither the sink nor the pipeline file says.
+SINK_CAPACITY = 256
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How the pipeline hands one sink its outputs (``[[sinks]] policy``, ``capacity``,
+    ``on_error``).
+
+    ``policy``: ``block`` (lossless: a full edge makes the fan-out, and so the model
+    stage, wait for the sink) or ``drop-oldest`` (a full edge drops its oldest output:
+    a slow sink holds up nothing, and its drops are counted). ``on_error``: a sink that
+    raises either fails the run (``fail``, naming it) or is dropped from the run with a
+    warning while the others go on (``drop``). A sink class says what suits it in its
+    ``default_policy`` attribute (files block; displays and network sinks drop)."""
+
+    policy: DeliveryPolicy = "block"
+    capacity: int = SINK_CAPACITY
+    on_error: OnError = "fail"
+
+
+def default_delivery(sink: Sink) -> Delivery:
+    """The delivery a sink gets when the pipeline file says nothing: its class's
+    ``default_policy`` (``block`` when it has none)."""
+    policy: DeliveryPolicy = getattr(sink, "default_policy", "block")
+    return Delivery(policy=policy)
+
 
 @runtime_checkable
 class FrameSink(Sink, Protocol):
@@ -51,3 +90,46 @@ class FrameSink(Sink, Protocol):
     frame_streams: frozenset[str]
 
     async def run_frames(self, inbox: Channel[Frame | Marker]) -> None: ...
+
+
+class SinkOptions(Section):
+    """The options of one ``[[sinks]]`` table: its ``type`` (the registered name, a
+    ``Literal`` in each kind's subclass) and what every sink may say of its delivery
+    (:class:`Delivery`; ``policy`` unset: the sink's own default)."""
+
+    type: str
+    policy: DeliveryPolicy | None = None
+    capacity: Annotated[Int, Field(ge=1, le=1 << 20)] | None = None
+    on_error: OnError = "fail"
+
+    def writes(self) -> Path | None:
+        """The file this sink writes, if any (checked against the run's inputs and the
+        other outputs before anything is opened)."""
+        path = getattr(self, "path", None)
+        return Path(path) if isinstance(path, str) else None
+
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink kind's ``build`` may need besides its options."""
+
+    name: str  # how errors name the sink: ``[[sinks]] #2`` or the flag that made it
+    sources: Sequence[Source]
+    mode: str
+    clock: Clock
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class SinkKind:
+    """A registered kind of sink: its options model and how to make one (``build``
+    refuses bad options with an :class:`~streamer.errors.InputError` naming
+    ``context.name``; heavy imports belong inside it, so that the pipeline file's schema
+    stays cheap to load)."""
+
+    options: type[SinkOptions]
+    build: Callable[[Any, SinkContext], Sink]
+
+
+#: The sink kinds by ``type``, registered in :mod:`streamer.sinks`.
+SINKS: Registry[SinkKind] = Registry("sink type")

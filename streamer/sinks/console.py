@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Annotated, Literal, TextIO
+
+from pydantic import Field
 
 from streamer.frames import Output
 from streamer.metrics import Metrics
+from streamer.options import Int
+from streamer.sinks.base import SinkContext, SinkOptions
 
 
 def format_output(output: Output) -> str:
@@ -93,3 +97,20 @@ class ConsoleSink:
             self.stream.flush()
         except BrokenPipeError:
             self._silence()
+
+
+class ConsoleSinkConfig(SinkOptions):
+    """``type = "console"``: a line per output (every ``every``-th) on stdout."""
+
+    type: Literal["console"]
+    every: Annotated[Int, Field(ge=1, le=10**9)] = 1
+
+
+def build_console(options: ConsoleSinkConfig, context: SinkContext) -> ConsoleSink:
+    """The console sink; in offline mode it draws progress against the streams' length."""
+    console = ConsoleSink(every=options.every)
+    if context.mode == "offline":
+        totals = [info.total_frames for source in context.sources for info in source.streams]
+        known = None if None in totals else sum(t for t in totals if t is not None)
+        console.track(context.metrics, known)
+    return console

@@ -12,11 +12,15 @@ import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Annotated, Literal, TextIO
+
+from pydantic import Field
 
 from streamer.errors import InputError
 from streamer.frames import Output
+from streamer.options import Str
 from streamer.safety import check_writable
+from streamer.sinks.base import SinkContext, SinkOptions
 from streamer.worker import Worker
 
 
@@ -77,3 +81,14 @@ class JsonlSink:
 def _line(output: Output) -> str:
     """One output as a JSON line (NaN refused: every line parses as strict JSON)."""
     return json.dumps(output.to_json(), ensure_ascii=False, allow_nan=False) + "\n"
+
+
+class JsonlSinkConfig(SinkOptions):
+    """``type = "jsonl"``: every output as a JSON line in ``path``."""
+
+    type: Literal["jsonl"]
+    path: Annotated[Str, Field(min_length=1)]
+
+
+def build_jsonl(options: JsonlSinkConfig, context: SinkContext) -> JsonlSink:
+    return JsonlSink(Path(options.path))

@@ -33,17 +33,18 @@ import sys
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-import cv2
 import numpy as np
+from pydantic import Field, model_validator
 
 from streamer.channels import Channel
 from streamer.clock import Clock
 from streamer.errors import InputError
 from streamer.frames import Frame, Marker, Output, StreamStart
+from streamer.options import Bool, Float, Str
 from streamer.safety import check_writable
-from streamer.sinks.overlay import annotate
+from streamer.sinks.base import SinkContext, SinkOptions
 from streamer.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,8 @@ class VideoSink:
         self.wait = wait
         self.fps = fps
         self.preview = preview
+        # a window only shows: a slow one should lose outputs, not hold up the run
+        self.default_policy = "block" if path is not None else "drop-oldest"
         self.max_buffer_bytes = int(max_buffer_mb * (1 << 20))
         label = path.name if path is not None else "preview"
         self.name = f"sink:video:{label}"
@@ -239,6 +242,10 @@ class VideoSink:
     # -- on the worker thread ------------------------------------------------------------
     def _encode(self, data: Any, rate: float, output: Output | None) -> None:
         """Draw the panel on a copy of ``data`` ``[H, W, 3]`` BGR; write and/or show it."""
+        import cv2  # here, not at import: a pipeline file naming no video sink never loads it
+
+        from streamer.sinks.overlay import annotate
+
         image = _bgr(data)
         with self._thread_lock:
             if self._closed:
@@ -264,6 +271,8 @@ class VideoSink:
     def _open(self, width: int, height: int, rate: float) -> None:
         if self._writer is not None or self.path is None or self.codec is None:
             return
+        import cv2
+
         fps = self.fps or (rate if rate > 0 else DEFAULT_FPS)
         writer = cv2.VideoWriter(
             str(self.path), cv2.VideoWriter.fourcc(*self.codec), fps, (width, height)
@@ -289,6 +298,8 @@ class VideoSink:
             if writer is not None:
                 writer.release()
             if self._window is not None:
+                import cv2
+
                 window, self._window = self._window, None
                 with contextlib.suppress(cv2.error):
                     cv2.destroyWindow(window)
@@ -319,6 +330,8 @@ def _nbytes(frame: Frame) -> int:
 
 def _bgr(data: Any) -> np.ndarray[Any, Any]:
     """``data`` as ``[H, W, 3]`` uint8 BGR (grey frames converted)."""
+    import cv2
+
     image = np.asarray(data)
     if image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.uint8)
@@ -327,3 +340,62 @@ def _bgr(data: Any) -> np.ndarray[Any, Any]:
     if image.ndim == 3 and image.shape[2] == 4:
         return np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR))
     return image
+
+
+class VideoSinkConfig(SinkOptions):
+    """``type = "video"``: the input frames of one video stream with their labels drawn on
+    (see :class:`VideoSink`), written to ``path`` and/or shown (``preview``)."""
+
+    type: Literal["video"]
+    path: Annotated[Str, Field(min_length=1)] | None = None
+    stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
+    fps: Annotated[Float, Field(gt=0, le=1000)] | None = None
+    codec: Literal["mp4v", "MJPG", "VP80"] | None = None
+    preview: Bool = False
+    max_buffer_mb: Annotated[Float, Field(gt=0, le=1 << 20)] = DEFAULT_BUFFER_MB
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VideoSinkConfig:
+        if self.path is None and not self.preview:
+            raise ValueError(
+                "path: a video sink writes a file (path = ...) or shows a window (preview = true)"
+            )
+        return self
+
+
+def build_video(config: VideoSinkConfig, context: SinkContext) -> VideoSink:
+    """A video sink of the stream it names, or of the first video stream declared."""
+    name = context.name
+    flag = name.startswith("--")
+    path = Path(config.path) if config.path is not None else None
+    if path is not None:
+        check_video_path(path, name if flag else f"{name} path", config.codec)
+    if config.preview:
+        check_display(name if flag else f"{name} preview")
+    infos = [info for source in context.sources for info in source.streams]
+    video = [info for info in infos if info.media == "video"]
+    what = name if flag else f"{name} (video{f', {path}' if path else ''})"
+    if not video:
+        audio = ", ".join(f"'{info.stream}'" for info in infos)
+        raise InputError(
+            f"{what}: the sources deliver no video stream (only audio: {audio}); a video"
+            " sink draws on video frames"
+        )
+    if config.stream is not None and config.stream not in {info.stream for info in video}:
+        known = ", ".join(f"'{info.stream}'" for info in video)
+        raise InputError(
+            f"{what}: stream '{config.stream}' is not a video stream of the sources"
+            f" (video streams: {known})"
+        )
+    info = next(info for info in video if config.stream in (None, info.stream))
+    return VideoSink(
+        path,
+        info.stream,
+        wait=context.mode != "realtime",
+        fps=config.fps or (info.rate if info.rate > 0 else None),
+        codec=config.codec,
+        preview=config.preview,
+        max_buffer_mb=config.max_buffer_mb,
+        clock=context.clock,
+        where=what,
+    )

@@ -54,11 +54,11 @@ from streamer.frames import Frame, Gap, Media, Output, StreamEnd, StreamStart
 from streamer.heads import GenerateHead, Head, make_head
 from streamer.labelwise import LabelwiseSmoother
 from streamer.models import State, StatefulModel, StateStore, step_batch
+from streamer.options import Mode as Mode
 from streamer.postprocess import Labeler, Smoother
 from streamer.stages.model_checks import check_head_settings, check_input, find_embedder
 from streamer.worker import Worker
 
-Mode = Literal["realtime", "online", "offline"]
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +85,8 @@ class ModelSettings:
     end_token: str | None = None
     decode: Literal["step", "end"] = "step"
     min_steps: int = 1
+    #: realtime: a frame already older than this when its turn comes is skipped
+    latency_budget_ms: float | None = None
 
 
 @dataclass
@@ -159,6 +161,7 @@ class ModelStage:
         self._calls = 0
         self._batched_chunks = 0
         self._step_duration: float | None = None
+        self._call_s = 0.0  # how long the last model call took (clock time)
         check_head_settings(model, settings, name)
 
     def report(self) -> dict[str, Any]:
@@ -178,6 +181,8 @@ class ModelStage:
                 items = [first, *inbox.take_ready()]
                 if self.settings.max_wait_ms > 0 and self.mode != "offline":
                     items += await self._wait_for_more(inbox, items)
+                if self.settings.latency_budget_ms is not None and self.mode == "realtime":
+                    items = self._skip_late(items)
                 streams = {item.stream for item in items}
                 self._touch(streams)
                 await self._evict_idle(outbox)
@@ -200,6 +205,31 @@ class ModelStage:
             more += fresh
             streams.update(i.stream for i in fresh if isinstance(i, Frame))
         return more
+
+    def _skip_late(self, items: list[Any]) -> list[Any]:
+        """Realtime with a latency budget: each frame too old for its output to come within
+        the budget (older than the budget less the last model call's time, that time
+        counted up to half the budget) becomes a gap, ``reason = "deadline"`` (a stream's
+        run of them one gap), so the stage catches up with the newest frames; the gap's
+        state handling is ``on_gap``'s, as for any gap."""
+        assert self.settings.latency_budget_ms is not None
+        budget = self.settings.latency_budget_ms / 1000.0
+        oldest = self.clock.now() - budget + min(self._call_s, budget / 2)
+        kept: list[Any] = []
+        open_gap: dict[str, int] = {}  # stream -> position in kept of its trailing gap
+        for item in items:
+            if not isinstance(item, Frame) or item.captured >= oldest:
+                open_gap.pop(item.stream, None)
+                kept.append(item)
+                continue
+            at = open_gap.get(item.stream)
+            if at is not None and kept[at].index + kept[at].count == item.index:
+                gap = kept[at]
+                kept[at] = Gap(gap.stream, gap.index, gap.count + 1, gap.pts, "deadline")
+            else:
+                open_gap[item.stream] = len(kept)
+                kept.append(Gap(item.stream, item.index, 1, item.pts, "deadline"))
+        return kept
 
     def _touch(self, streams: set[str]) -> None:
         """The streams with items in the batch at hand are active now."""
@@ -492,6 +522,7 @@ class ModelStage:
         for batch, batch_steps in zip(rounds, parts, strict=True):
             self._calls += math.ceil(len(batch) / self.settings.max_batch)
             self._batched_chunks += len(batch)
+            called = self.clock.now()
             ys = await self.worker.call(
                 step_batch,
                 self.model,
@@ -500,6 +531,7 @@ class ModelStage:
                 self.clock.now(),
                 max_batch=self.settings.max_batch,
             )
+            self._call_s = self.clock.now() - called
             for stream, y in ys.items():
                 await self._deliver(stream, ready[stream], y, batch_steps[stream], outbox)
 
