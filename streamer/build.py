@@ -6,6 +6,7 @@ folders exist), so bad input is refused before the first frame.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from streamer.clock import Clock, RealClock
 from streamer.config import (
     ConsoleSinkConfig,
     JsonlSinkConfig,
+    ModelConfig,
     PipelineConfig,
     SourceConfig,
     VideoSinkConfig,
@@ -159,18 +161,11 @@ def input_paths(config: PipelineConfig, pipeline_file: str | None) -> list[tuple
 
 
 def source_options(src: SourceConfig, mode: str, retry: bool = False) -> SourceOptions:
-    """The options a source gets from its ``[source]`` table and the run's mode."""
+    """The options a source gets from its ``[source]`` table (every key but ``uri``, as
+    the file gives it) and the run's mode (the pace by default, the push buffer's policy)."""
+    table = src.model_dump(exclude={"uri"})
     return SourceOptions(
-        rate=src.rate,
-        chunk=src.chunk,
-        size=src.size,
-        mono=src.mono,
-        pace=src.pace or ("realtime" if mode == "realtime" else "fast"),
-        speed=src.speed,
-        loop=src.loop,
-        stream=src.stream,
-        timeout=src.timeout,
-        latency=src.latency,
+        **{**table, "pace": src.pace or ("realtime" if mode == "realtime" else "fast")},
         overflow="latest" if mode == "realtime" else "drop-oldest",
         retry=retry,
     )
@@ -288,26 +283,14 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         if model.reduce is not None:
             head_options["reduce"] = model.reduce
     smoothing = None if model.smoothing is None else model.smoothing.model_dump(exclude_none=True)
+    # every [model] key the stage takes, as the file gives it; then what is derived
+    taken = {f.name for f in dataclasses.fields(ModelSettings)} & set(ModelConfig.model_fields)
     settings = ModelSettings(
+        **{key: _copied(getattr(model, key)) for key in taken - {"labels", "smoothing", "head"}},
         labels=tuple(model.labels or ()),
-        features=model.features,
-        feature_options=dict(model.feature_options),
         head=model.head,
         head_options=head_options,
-        thresholds=model.thresholds,
         smoothing=smoothing,
-        lookahead=model.lookahead,
-        chunk=model.chunk,
-        offline_chunk=model.offline_chunk,
-        on_gap=model.on_gap,
-        on_invalid=model.on_invalid,
-        max_batch=model.max_batch,
-        max_wait_ms=model.max_wait_ms,
-        ttl=model.ttl,
-        max_len=model.max_len,
-        end_token=model.end_token,
-        decode=model.decode,
-        min_steps=model.min_steps,
         latency_budget_ms=config.run.latency_budget_ms,
     )
     stage = ModelStage(
@@ -343,6 +326,11 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
                 checked.add(key)
                 dry_check(stage, frame)
     return stage
+
+
+def _copied(value: Any) -> Any:
+    """A table's own copy for the stage (the config's tables stay the config's)."""
+    return dict(value) if isinstance(value, dict) else value
 
 
 def _check_bounded(config: PipelineConfig, source: Source, uri: str) -> None:

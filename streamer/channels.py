@@ -251,15 +251,16 @@ class Channel(Generic[T]):
 
     # -- overflow ----------------------------------------------------------------------
     def _make_room(self, count: int) -> None:
-        """``drop-oldest``: drop the oldest items until ``count`` more fit (counted, per
-        stream where an item has one)."""
+        """``drop-oldest``: drop the oldest items until ``count`` more fit (counted in
+        outputs: an output block as its ``rows``; per stream where an item has one)."""
         stats = self.stats
         while len(self._buffer) > self.capacity - count:
             _, _, item = self._buffer.popleft()
-            stats.dropped += 1
+            rows = getattr(item, "rows", 1)  # an output block counts its outputs
+            stats.dropped += rows
             stream = getattr(item, "stream", None)
             if isinstance(stream, str):
-                stats.dropped_by_stream[stream] = stats.dropped_by_stream.get(stream, 0) + 1
+                stats.dropped_by_stream[stream] = stats.dropped_by_stream.get(stream, 0) + rows
 
     def _drop_oldest_frame(self, stream: object) -> bool:
         """Drop the oldest frame of ``stream`` (newest wins per stream), else the oldest."""

@@ -26,6 +26,7 @@ from streamer.clock import Clock
 from streamer.frames import Frame, Gap, Item, Output
 
 if TYPE_CHECKING:
+    from streamer.blocks import OutputBlock
     from streamer.sinks.base import Delivery
 
 
@@ -101,6 +102,29 @@ class Metrics:
             counts.late += 1
         if output.latency_ms is not None:
             self.latencies_ms.append(output.latency_ms)
+        if self.first_output is None:
+            self.first_output = now
+        self.last_output = now
+
+    def on_block(self, block: OutputBlock) -> None:
+        """A block of outputs is handed to the sinks (its latencies already stamped)."""
+        if not len(block):
+            return
+        now = self.clock.now()
+        self.outputs += len(block)
+        streams = block.streams
+        first = streams[0]
+        if streams.count(first) == len(streams):  # one stream's rows (an offline piece)
+            self._stream(first).outputs += len(streams)
+        else:
+            for stream in streams:
+                self._stream(stream).outputs += 1
+        if block.late is not None:
+            for stream, late in zip(streams, block.late, strict=True):
+                if late:
+                    self._stream(stream).late += 1
+        if block.latency_ms is not None:
+            self.latencies_ms.extend(v for v in block.latency_ms if v is not None)
         if self.first_output is None:
             self.first_output = now
         self.last_output = now

@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from streamer.blocks import OutputBlock
 from streamer.channels import Channel, Policy
 from streamer.clock import Clock, RealClock
 from streamer.collector import run_heap
@@ -105,7 +106,7 @@ class Pipeline:
         self._frames_in = 0
         self._source_errors: list[StageError] = []
         # Outputs handed to the sinks, oldest first, until every sink is done with them.
-        self._undelivered: deque[Output] = deque()
+        self._undelivered: deque[Output | OutputBlock] = deque()
         self._sink_counts = [0] * len(self.sinks)
         self._counted = 0
         # Frame taps: (frame sink, its channel), filled by run().
@@ -160,7 +161,7 @@ class Pipeline:
             target = after.name if after is not None else "sinks"
             edges.append(Channel(f"{before.name}>{target}", BLOCK_CAPACITY[self.mode], "block"))
         assert self.deliveries is not None
-        sink_edges: list[Channel[Output]] = [
+        sink_edges: list[Channel[Output | OutputBlock]] = [
             Channel(f"fanout>{sink.name}", delivery.capacity, delivery.policy)
             for sink, delivery in zip(self.sinks, self.deliveries, strict=True)
         ]
@@ -302,18 +303,28 @@ class Pipeline:
             inbox.close_receiver()
             outbox.close()
 
-    async def _fan_out(self, inbox: Channel[Any], sink_edges: list[Channel[Output]]) -> None:
-        """Stamp each output's latency and hand it to every sink (it is counted in the
-        metrics once every sink is done with it: :meth:`_delivered`)."""
+    async def _fan_out(
+        self, inbox: Channel[Any], sink_edges: list[Channel[Output | OutputBlock]]
+    ) -> None:
+        """Stamp each output's latency (a block's rows at once) and hand it to every sink
+        (it is counted in the metrics once every sink is done with it: :meth:`_delivered`)."""
         metrics = self.metrics
         assert metrics is not None
         try:
             async for first in inbox:
                 # what is already queued goes on together, stamped at the same moment
-                outputs: list[Output] = []
+                outputs: list[Output | OutputBlock] = []
                 now = self.clock.now()
                 budget = self.latency_budget_ms
                 for item in [first, *inbox.take_ready(MAX_SEND_BATCH - 1)]:
+                    if isinstance(item, OutputBlock):  # one stamp for all its rows
+                        item.stamp(now, budget)
+                        if sink_edges:
+                            self._undelivered.append(item)
+                            outputs.append(item)
+                        else:
+                            metrics.on_block(item)
+                        continue
                     if not isinstance(item, Output):
                         metrics.on_marker(item)
                         continue
@@ -357,7 +368,7 @@ class Pipeline:
         self,
         number: int,
         sink: Sink,
-        inbox: Channel[Output],
+        inbox: Channel[Output | OutputBlock],
         frames: asyncio.Task[None] | None = None,
     ) -> None:
         """Hand each output to ``sink``; close it once its frame task (``frames``, for a
@@ -365,36 +376,43 @@ class Pipeline:
         more outputs and stops the run (a drain, like Ctrl-C); one that raises fails the
         run, or, with ``on_error = "drop"``, gets no more outputs while the others go on.
         The outputs its edge dropped count as done with (they are older than the next one
-        it receives)."""
+        it receives). A sink that takes batches takes blocks as they are; any other gets
+        a block's rows as :class:`Output` objects, one ``send`` each."""
         skip = False
         batched = isinstance(sink, BatchSink)
-        accounted = 0  # the edge's drops counted as done with so far
+        accounted = 0  # the edge's drops (outputs) counted as done with so far
         try:
-            async for output in inbox:
+            async for first in inbox:
                 # a sink that takes batches gets what is already queued in one call
-                more = inbox.take_ready(MAX_SEND_BATCH - 1) if batched or skip else []
+                items = (
+                    [first, *inbox.take_ready(MAX_SEND_BATCH - 1)] if batched or skip else [first]
+                )
+                rows = sum(_rows(item) for item in items)
                 if inbox.stats.dropped > accounted:
                     self._delivered(number, inbox.stats.dropped - accounted)
                     accounted = inbox.stats.dropped
                 try:
                     if skip:
                         pass
-                    elif more:
-                        await cast(BatchSink, sink).send_many([output, *more])
+                    elif batched and (len(items) > 1 or isinstance(first, OutputBlock)):
+                        await cast(BatchSink, sink).send_many(items)
+                    elif isinstance(first, OutputBlock):
+                        for output in first.outputs():
+                            await sink.send(output)
                     else:
-                        await sink.send(output)
+                        await sink.send(first)
                 except BrokenPipeError:
                     skip = True
                     self.stop("broken-pipe")
                 except asyncio.CancelledError:
                     # An abort lets the send in flight land first (JsonlSink.send does).
-                    self._delivered(number, 1 + len(more))
+                    self._delivered(number, rows)
                     raise
                 except Exception as exc:
                     if not self._dropping(number, sink, exc):
                         raise
                     skip = True
-                self._delivered(number, 1 + len(more))
+                self._delivered(number, rows)
         finally:
             if frames is not None:
                 await asyncio.wait([frames])  # its failure is the TaskGroup's to report
@@ -415,7 +433,7 @@ class Pipeline:
             message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self.metrics.failed_sinks[sink.name] = message
             log.warning(
-                "%s failed and is dropped from the run (on_error = \"drop\"); the other sinks"
+                '%s failed and is dropped from the run (on_error = "drop"); the other sinks'
                 " go on: %s",
                 sink.name,
                 message,
@@ -431,8 +449,18 @@ class Pipeline:
         metrics = self.metrics
         assert metrics is not None
         while self._counted < counted:
-            metrics.on_output(self._undelivered.popleft())
-            self._counted += 1
+            item = self._undelivered.popleft()
+            if isinstance(item, OutputBlock):
+                metrics.on_block(item)
+                self._counted += item.rows
+            else:
+                metrics.on_output(item)
+                self._counted += 1
+
+
+def _rows(item: Output | OutputBlock) -> int:
+    """How many outputs an item of a sink's edge holds."""
+    return item.rows if isinstance(item, OutputBlock) else 1
 
 
 async def _named(name: str, work: Awaitable[None]) -> None:

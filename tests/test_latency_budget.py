@@ -94,11 +94,10 @@ async def test_realtime_skips_frames_past_the_deadline_and_stays_within_the_budg
     # every frame is accounted for: labelled, dropped by the edge, or past its deadline
     assert len(frames) + summary["dropped"] == FRAMES
     assert summary["streams"]["s"]["frames_missing"] == summary["dropped"]
-    # the same run without a budget also labels the frames that waited out a stall: late
+    # the same run without a budget: no frame skipped, nothing marked, the stalls late
     unbounded, every, stalled = await _realtime(None)
-    assert unbounded["deadline"] == 0 and unbounded["late"] == 0  # no budget, no marks
-    waited = [o for o in every if o.kind == "frame" and o.latency_ms > budget]
-    assert len(waited) > stalled  # more than the stalled calls: the waiting frames too
+    assert unbounded["deadline"] == 0 and unbounded["late"] == 0
+    assert len([o for o in every if o.kind == "frame" and o.latency_ms > budget]) >= stalled
 
 
 async def test_outputs_over_the_budget_are_marked_late_and_counted_in_lossless_modes() -> None:

@@ -15,6 +15,7 @@ from streamer.options import Int, Section
 from streamer.registry import Registry
 
 if TYPE_CHECKING:
+    from streamer.blocks import OutputBlock
     from streamer.channels import Channel
     from streamer.clock import Clock
     from streamer.frames import Frame, Marker
@@ -37,11 +38,12 @@ class Sink(Protocol):
 @runtime_checkable
 class BatchSink(Sink, Protocol):
     """A sink that takes several outputs in one call (the JSONL file: one write and one
-    flush for all of them). The pipeline hands it what is already queued for it, at most
-    :data:`MAX_SEND_BATCH` at a time, in order; ``send_many`` must leave the outputs
-    handled exactly as that many ``send`` calls would."""
+    flush for all of them), and blocks of outputs as they are
+    (:class:`~streamer.blocks.OutputBlock`). The pipeline hands it what is already queued
+    for it, at most :data:`MAX_SEND_BATCH` items at a time, in order; ``send_many`` must
+    leave the outputs handled exactly as ``send`` of each output, in order, would."""
 
-    async def send_many(self, outputs: Sequence[Output]) -> None: ...
+    async def send_many(self, outputs: Sequence[Output | OutputBlock]) -> None: ...
 
 
 #: The most outputs the pipeline hands a :class:`BatchSink` in one call.

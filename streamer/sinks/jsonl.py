@@ -16,6 +16,7 @@ from typing import Annotated, Literal, TextIO
 
 from pydantic import Field
 
+from streamer.blocks import OutputBlock
 from streamer.errors import InputError
 from streamer.frames import Output
 from streamer.options import Str
@@ -53,13 +54,16 @@ class JsonlSink:
         # pipeline then stops the run, `streamer run --out /dev/stdout | head`).
         await self._worker.call_through(self._write, line)
 
-    async def send_many(self, outputs: Sequence[Output]) -> None:
-        """Several outputs in one write and one flush (each still a whole line), encoded
-        on the sink's thread: the event loop hands them over and goes on."""
+    async def send_many(self, outputs: Sequence[Output | OutputBlock]) -> None:
+        """Several outputs (and blocks of them) in one write and one flush (each output
+        still a whole line), encoded on the sink's thread: the event loop hands them over
+        and goes on."""
         await self._worker.call_through(self._write_many, list(outputs))
 
-    def _write_many(self, outputs: list[Output]) -> None:
-        self._write("".join(map(_line, outputs)))
+    def _write_many(self, outputs: list[Output | OutputBlock]) -> None:
+        self._write(
+            "".join(o.jsonl() if isinstance(o, OutputBlock) else _line(o) for o in outputs)
+        )
 
     def _write(self, line: str) -> None:
         file = self._ensure_open()

@@ -5,8 +5,10 @@ Accepted URIs: a file path (audio or video, by extension), ``file:PATH``, ``reco
 ``camera:URL`` (OpenCV), ``mic:``, ``mic:INDEX`` or ``mic:NAME`` (PortAudio). ``mqtt://`` is
 reserved for a source this version does not have yet.
 
-The concrete sources are imported when a URI needs them, so importing this package stays
-cheap (no OpenCV until a video is opened).
+Each URI scheme is a registered :class:`~streamer.sources.base.SourceKind` (the lines
+after the imports): the function that opens it, named as ``"module:function"`` and imported
+when a URI needs it, so importing this package stays cheap (no OpenCV until a video is
+opened). A new kind of source is its own module and one registration line.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from urllib.parse import unquote, urlparse
 
 from streamer.clock import Clock
 from streamer.errors import InputError
-from streamer.sources.base import Pacer, Source, SourceOptions
+from streamer.sources.base import SOURCES, Pacer, Source, SourceKind, SourceOptions
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "SOURCES",
     "VIDEO_EXTENSIONS",
     "Pacer",
     "Source",
+    "SourceKind",
     "SourceOptions",
     "check_readable_file",
     "open_source",
@@ -41,17 +45,32 @@ ACCEPTED_FORMS = (
 _NOT_YET = {"mqtt://": "MQTT", "mqtts://": "MQTT"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
+SOURCES.register("synthetic", SourceKind("streamer.sources.synthetic:SyntheticSource"))
+SOURCES.register("camera", SourceKind("streamer.sources.camera:open_camera"))
+SOURCES.register("mic", SourceKind("streamer.sources.microphone:open_microphone"))
+SOURCES.register("recording", SourceKind("streamer.sources:open_recording", local=True))
+SOURCES.register("file", SourceKind("streamer.sources:open_file", local=True))
+
+
+def _kind(uri: str) -> tuple[str, SourceKind] | None:
+    """The registered scheme of ``uri`` and its kind, or None (a plain file path)."""
+    scheme = _SCHEME.match(uri)
+    if scheme is None or scheme.group(1) not in SOURCES:
+        return None
+    return scheme.group(1), SOURCES.get(scheme.group(1))
+
 
 def uri_path(uri: str) -> Path | None:
     """The local file or folder a URI reads (``PATH``, ``file:PATH``, ``file://PATH``,
     ``recording:PATH``), or None for generated media, devices and network sources."""
-    if uri.startswith(("synthetic:", "camera:", "mic:", *_NOT_YET)):
+    if uri.startswith(tuple(_NOT_YET)):
         return None
-    if uri.startswith("recording:"):
-        return Path(uri.removeprefix("recording:"))
+    kind = _kind(uri)
+    if kind is not None and not kind[1].local:
+        return None
     if uri.startswith("file://"):
         return Path(unquote(urlparse(uri).path))
-    return Path(uri.removeprefix("file:"))
+    return Path(uri.removeprefix(f"{kind[0]}:") if kind is not None else uri)
 
 
 def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
@@ -60,34 +79,33 @@ def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
     Cheap checks (the file exists, is readable, decodes) happen here, so bad input is
     refused before a pipeline starts.
     """
-    if uri.startswith("synthetic:"):
-        from streamer.sources.synthetic import SyntheticSource
-
-        return SyntheticSource(uri, options, clock)
-    if uri.startswith("camera:"):
-        from streamer.sources.camera import CameraSource
-
-        return CameraSource(
-            uri, options, clock, timeout=options.timeout, policy=options.overflow
-        )
-    if uri.startswith("mic:"):
-        from streamer.sources.microphone import MicrophoneSource
-
-        return MicrophoneSource(
-            uri, options, clock, policy=options.overflow, latency=options.latency
-        )
     for prefix, what in _NOT_YET.items():
         if uri.startswith(prefix):
             raise InputError(f"{uri}: {what} sources are not available in this version of streamer")
+    kind = _kind(uri)
+    if kind is not None:
+        return kind[1].open(uri, options, clock)
     path = uri_path(uri)
-    assert path is not None  # every URI without a local path was handled above
-    if uri.startswith("recording:"):
-        return _recording(path, options, clock)
+    assert path is not None
     scheme = _SCHEME.match(uri)
-    if scheme and not uri.startswith("file:") and not path.exists():
+    if scheme and not path.exists():
         raise InputError(
             f"{uri}: unknown source scheme '{scheme.group(1)}:'; expected {ACCEPTED_FORMS}"
         )
+    return _file(path, options, clock)
+
+
+def open_recording(uri: str, options: SourceOptions, clock: Clock) -> Source:
+    """``recording:PATH``: a recording folder."""
+    path = uri_path(uri)
+    assert path is not None
+    return _recording(path, options, clock)
+
+
+def open_file(uri: str, options: SourceOptions, clock: Clock) -> Source:
+    """``file:PATH`` or ``file://PATH``: an audio or video file (or a recording folder)."""
+    path = uri_path(uri)
+    assert path is not None
     return _file(path, options, clock)
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 from streamer.clock import Clock
 from streamer.frames import Item, StreamInfo
+from streamer.registry import Registry
 
 Pace = Literal["realtime", "fast"]
 
@@ -144,3 +146,25 @@ class GeneratorSource:
 
     def _release(self) -> None:
         """Release files or devices (on the worker thread, if the source has one)."""
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """A registered kind of source URI (``camera:...``, ``mic:...``): the function that
+    opens one, ``"module:function"`` taking ``(uri, options, clock)``, imported only when a
+    URI of the kind is opened (so that importing streamer loads no OpenCV or PortAudio), and
+    whether its URIs name a local file or folder (``local``: checked against the run's
+    outputs before anything is written)."""
+
+    opener: str
+    local: bool = False
+
+    def open(self, uri: str, options: SourceOptions, clock: Clock) -> Source:
+        module, _, function = self.opener.partition(":")
+        opener = getattr(importlib.import_module(module), function)
+        return cast(Source, opener(uri, options, clock))
+
+
+#: The source kinds by URI scheme (``camera`` for ``camera:0``), registered in
+#: :mod:`streamer.sources`; a URI with no registered scheme is a file path.
+SOURCES: Registry[SourceKind] = Registry("source scheme")

@@ -284,3 +284,8 @@ def _cv2() -> Any:
     import cv2
 
     return cv2
+
+
+def open_camera(uri: str, options: SourceOptions, clock: Clock) -> CameraSource:
+    """``camera:N`` or ``camera:URL`` (the registered opener of the ``camera`` scheme)."""
+    return CameraSource(uri, options, clock, timeout=options.timeout, policy=options.overflow)

@@ -225,3 +225,8 @@ class MicrophoneSource(PushSource):
             self._index += 1
             first += self.chunk
         self._next_adc = adc + frames / self.rate
+
+
+def open_microphone(uri: str, options: SourceOptions, clock: Clock) -> MicrophoneSource:
+    """``mic:``, ``mic:INDEX`` or ``mic:NAME`` (the registered opener of the ``mic`` scheme)."""
+    return MicrophoneSource(uri, options, clock, policy=options.overflow, latency=options.latency)
