@@ -5,11 +5,11 @@ Run after ``pipelines/train_sound_events.py`` (``make train`` does): about a min
 
 The training script scores the model's raw per-step decisions (score >= the label's
 threshold). The pipeline does not emit those: ``[model.smoothing] per_label = true`` runs
-one :class:`~streamer.postprocess.Smoother` per label (hysteresis, minimum on and off
+one :class:`~streamer.stages.model.postprocess.Smoother` per label (hysteresis, minimum on and off
 durations) and emits each label's ``segment`` outputs, and those segments are the
 labelling a user gets per frame. This script renders the same validation (seed 2) and
 held-out (seed 3, held-out speech) scenes as the training script, runs streamer's own
-:class:`~streamer.labelwise.LabelwiseSmoother` over each scene's scores, picks
+:class:`~streamer.stages.model.labelwise.LabelwiseSmoother` over each scene's scores, picks
 ``hysteresis``, ``min_on`` and ``min_off`` from a small grid by VALIDATION macro F1 only,
 and reports the held-out per-frame F1 of the segments with that pick (a frame counts as
 ``L`` when a segment of ``L`` covers it), and of the raw decisions for comparison. The
@@ -41,7 +41,7 @@ from pipelines.train_sound_events import (  # noqa: E402
     predict,
 )
 from streamer.frames import Output  # noqa: E402
-from streamer.labelwise import LabelwiseSmoother  # noqa: E402
+from streamer.stages.model.labelwise import LabelwiseSmoother  # noqa: E402
 
 PIPELINE = Path(__file__).with_name("sound_events.toml")
 HOP_S = 0.01  #: logmel's default hop: one step per 10 ms

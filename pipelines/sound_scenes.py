@@ -14,7 +14,7 @@ the labels). Sources, one label each (multi-label: they overlap):
 - ``noise``: fans (hum + low-passed noise), rain (dense clicks), traffic (brown noise
   with slow swells), coloured noise.
 
-Frame labels follow :class:`streamer.features.LogMel`'s defaults (25 ms window, 10 ms
+Frame labels follow :class:`streamer.stages.model.logmel.LogMel`'s defaults (25 ms window, 10 ms
 hop): step ``t`` covers samples ``[t*160, t*160 + 400)``, and a label is on in it when
 its source, dry and at its mixed gain, is active there: its energy in the step within
 ``GATE_DB`` of its own loud steps and above an absolute floor, and, for the events (not

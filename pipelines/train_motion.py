@@ -136,7 +136,7 @@ def flip_flows(moved: torch.Tensor, axis: int) -> torch.Tensor:
     along the axis negated (equal to computing them on flipped clips, to 1e-4)."""
     rows, columns = motion.FLOW_REGIONS
     size, sigmas = motion.REGION_FLOW_SIZE, len(motion.OBJECT_SIGMAS)
-    regions = moved[..., :size].unflatten(-1, (motion.FLOW_LEVELS, 3, rows, columns))
+    regions = moved[..., :size].reshape(*moved.shape[:-1], motion.FLOW_LEVELS, 3, rows, columns)
     regions = regions.flip(-1 if axis == 0 else -2).clone()
     regions[..., axis, :, :] *= -1
     obj = moved[..., size:].clone()

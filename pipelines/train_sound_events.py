@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipelines import sound_events, sound_scenes  # noqa: E402
-from streamer.features import logmel_offline  # noqa: E402
+from streamer.stages.model.features import logmel_offline  # noqa: E402
 
 TRAIN_SEED, VAL_SEED, HELD_OUT_SEED = 1, 2, 3
 

@@ -340,7 +340,7 @@ def _record(args: argparse.Namespace) -> int:
     the temporary folder (exit 130)."""
     from streamer.clock import Clock, RealClock, VirtualClock
     from streamer.config import source_from_flags
-    from streamer.recorder import record
+    from streamer.recording import record
     from streamer.sources import SourceOptions, open_source
 
     out_dir = Path(args.out_dir)

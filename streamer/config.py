@@ -64,7 +64,7 @@ class SourceConfig(_Section):
 class SmoothingConfig(_Section):
     """``[model] smoothing``: hysteresis on a target label's score, minimum durations (s),
     segment padding (``pad``, s: Silero VAD's ``speech_pad_ms``); with ``per_label``, each
-    label's own segments (multi-label taggers, see :mod:`streamer.labelwise`)."""
+    label's own segments (multi-label taggers, see :mod:`streamer.stages.model.labelwise`)."""
 
     on: Annotated[Float, Field(ge=0)] | None = None
     off: Annotated[Float, Field(ge=0)] | None = None
@@ -100,7 +100,8 @@ class RawOptions(_Section):
 
 
 class LogMelOptions(_Section):
-    """``feature_options`` of ``features = "logmel"`` (see :class:`streamer.features.LogMel`)."""
+    """``feature_options`` of ``features = "logmel"`` (see
+    :class:`streamer.stages.model.logmel.LogMel`)."""
 
     sample_rate: Annotated[Float, Field(ge=1000, le=MAX_RATE)] | None = None
     n_fft: Annotated[Int, Field(ge=2, le=1 << 16)] | None = None
@@ -115,7 +116,8 @@ class LogMelOptions(_Section):
 
 
 class PixelsOptions(_Section):
-    """``feature_options`` of ``features = "pixels"`` (see :class:`streamer.features.Pixels`)."""
+    """``feature_options`` of ``features = "pixels"`` (see
+    :class:`streamer.stages.model.features.Pixels`)."""
 
     size: (
         tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]

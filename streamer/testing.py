@@ -231,6 +231,6 @@ def replay(
     config = config.model_copy(update={"sinks": []})
     built = build_pipeline(config, clock or VirtualClock())
     sink = CaptureSink()
-    built = dataclasses.replace(built, sinks=[sink])
+    built = dataclasses.replace(built, sinks=[sink], deliveries=None)
     summary = asyncio.run(built.run())
     return ScriptedRun(sink.outputs, summary, built)

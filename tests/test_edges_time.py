@@ -31,13 +31,13 @@ from torch import Tensor, nn
 
 from streamer.cli import main
 from streamer.clock import RealClock, VirtualClock
-from streamer.features import Step, logmel_offline, make_features
 from streamer.frames import Frame, Gap, Item, Output, StreamEnd, StreamStart
 from streamer.models import ModuleModel
 from streamer.pipeline import Mode
 from streamer.sources.audio_file import AudioFileSource
 from streamer.sources.base import SourceOptions
 from streamer.stages.model import ModelSettings, ModelStage
+from streamer.stages.model.features import Step, logmel_offline, make_features
 from streamer.testing import run_scripted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.errors import InputError
-from streamer.features import (
+from streamer.frames import Frame
+from streamer.sources.chunker import resampled_length
+from streamer.stages.model.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     LogMel,
@@ -29,8 +31,6 @@ from streamer.features import (
     mel_to_hz,
     real_samples,
 )
-from streamer.frames import Frame
-from streamer.sources.chunker import resampled_length
 
 
 def noise(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:

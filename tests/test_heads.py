@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from streamer.errors import InputError
-from streamer.features import Step
 from streamer.frames import Output
-from streamer.heads import (
+from streamer.stages.model.features import Step
+from streamer.stages.model.heads import (
     FrameHead,
     GenerateHead,
     Head,
@@ -23,7 +23,7 @@ from streamer.heads import (
     WindowHead,
     make_head,
 )
-from streamer.postprocess import Labeler
+from streamer.stages.model.postprocess import Labeler
 
 LABELS = ["a", "b", "c"]
 

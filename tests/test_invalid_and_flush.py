@@ -29,7 +29,7 @@ from streamer.pipeline import Pipeline
 from streamer.recording import RecordingWriter
 from streamer.sinks import JsonlSink
 from streamer.stages import ThresholdStage
-from streamer.stages.model import _finite, _first_invalid
+from streamer.stages.model.checks import _finite, _first_invalid
 from streamer.stages.threshold import measure
 from streamer.testing import ScriptedSource, audio_script, run_scripted
 from streamer.worker import Worker

@@ -1,6 +1,7 @@
-"""Per-label segments (``[model.smoothing] per_label = true``, :mod:`streamer.labelwise`):
-each label's events found on its own score, overlapping where the events overlap; the same
-segments whichever way the outputs are split into calls; config mistakes in one line."""
+"""Per-label segments (``[model.smoothing] per_label = true``,
+:mod:`streamer.stages.model.labelwise`): each label's events found on its own score,
+overlapping where the events overlap; the same segments whichever way the outputs are
+split into calls; config mistakes in one line."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from hypothesis import strategies as st
 from streamer.config import load_config
 from streamer.errors import InputError
 from streamer.frames import Output
-from streamer.labelwise import LabelwiseSmoother
-from streamer.postprocess import Smoother
+from streamer.stages.model.labelwise import LabelwiseSmoother
+from streamer.stages.model.postprocess import Smoother
 
 STEP = 0.01
 LABELS = ("noise", "speech", "music")

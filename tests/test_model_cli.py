@@ -40,7 +40,7 @@ from media import (
 from torch import Tensor, nn
 
 from pipelines.audio_tagging import build
-from streamer.features import logmel_offline
+from streamer.stages.model.features import logmel_offline
 
 LABELS = ["silence", "speech"]
 SECONDS = 2.0

@@ -34,10 +34,10 @@ from streamer.build import Overrides, apply_overrides, build_pipeline
 from streamer.cli import main
 from streamer.clock import VirtualClock
 from streamer.config import load_config
-from streamer.features import Pixels
 from streamer.frames import Frame, Gap
 from streamer.models.loading import load_model
 from streamer.pipeline import Pipeline
+from streamer.stages.model.features import Pixels
 from streamer.testing import CaptureSink
 
 PIPELINE = REPO / "pipelines" / "webcam_labels.toml"

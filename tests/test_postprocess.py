@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.frames import Output
-from streamer.postprocess import Labeler, Smoother, argmax_label
+from streamer.stages.model.postprocess import Labeler, Smoother, argmax_label
 
 FPS = 10.0
 

@@ -23,8 +23,7 @@ from media import REPO_ROOT, cli_env, streamer_command, wait_for
 from streamer.cli import main
 from streamer.clock import VirtualClock
 from streamer.frames import StreamEnd
-from streamer.recorder import record
-from streamer.recording import partial_folders, read_recording
+from streamer.recording import partial_folders, read_recording, record
 from streamer.sources import SourceOptions, open_source
 
 #: Seconds to wait for the recorder to start writing (process start-up included).

@@ -23,8 +23,7 @@ import pytest
 from streamer.clock import RealClock, VirtualClock
 from streamer.errors import InputError
 from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
-from streamer.recorder import record
-from streamer.recording import TIMES_DTYPE, RecordingWriter, read_recording
+from streamer.recording import TIMES_DTYPE, RecordingWriter, read_recording, record
 from streamer.sources.base import SourceOptions
 from streamer.sources.recording import RecordingSource
 

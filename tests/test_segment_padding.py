@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.frames import Output
-from streamer.postprocess import Smoother
+from streamer.stages.model.postprocess import Smoother
 
 FPS = 10.0
 Span = tuple[float, float]

@@ -40,7 +40,7 @@ from pipelines.silero import (  # noqa: E402
 from streamer.cli import main  # noqa: E402
 from streamer.frames import Output  # noqa: E402
 from streamer.models.state import State  # noqa: E402
-from streamer.postprocess import Smoother  # noqa: E402
+from streamer.stages.model.postprocess import Smoother  # noqa: E402
 
 PIPELINE = REPO / "pipelines" / "audio_tagging.toml"
 SPEECH = REPO / "tests" / "data" / "speech_en_16k.wav"

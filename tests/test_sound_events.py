@@ -26,8 +26,8 @@ from pipelines.eval_sound_events import segment_f1
 from pipelines.sound_events import LABELS
 from pipelines.train_sound_events import f1_scores
 from streamer.cli import main
-from streamer.features import logmel_offline
 from streamer.models.loading import load_model
+from streamer.stages.model.features import logmel_offline
 
 PIPELINE = REPO / "pipelines" / "sound_events.toml"
 CONFIG = tomllib.loads(PIPELINE.read_text())["model"]

@@ -1,11 +1,17 @@
 """Hidden state per stream: fresh on start, reset or kept on a gap, evicted when idle.
 
+The store is the one owner of the idle TTL: it keeps when each stream was last active and
+says which streams are idle; the model stage stamps activity (:meth:`StateStore.touch`)
+and ends the streams :meth:`StateStore.idle` names the usual way, outputs first.
+
 Keying state by stream id is also what will let streams move between workers later (a
 stream's :class:`~streamer.models.protocol.State` is a snapshot of it).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from typing import Literal
 
 from streamer.models.protocol import State, StatefulModel
@@ -18,8 +24,10 @@ class StateStore:
 
     A stream the store does not hold (new, reset or ended) gets the model's initial state.
     Times are the caller's clock (``now``); a stream idle for longer than ``ttl`` seconds
-    is dropped by :meth:`evict_idle` (``ttl=None``: never). Not thread-safe: call it from
-    the model's worker thread only.
+    is :meth:`idle` (and dropped by :meth:`evict_idle`; ``ttl=None``: never). A stream's
+    activity time only moves forward, under a lock: a step landing on the worker thread
+    never makes a stream stamped later on the loop look idle. States themselves are not
+    locked: the model's worker thread and the loop that awaits it take turns.
     """
 
     def __init__(self, model: StatefulModel, ttl: float | None = None) -> None:
@@ -29,6 +37,7 @@ class StateStore:
         self.ttl = ttl
         self._states: dict[str, State] = {}  # streams without one start fresh
         self._seen: dict[str, float] = {}  # every known stream: when it was last active
+        self._lock = threading.Lock()
 
     def get(self, stream: str) -> State:
         """The stream's state, or a fresh initial state (batch 1) if none is held."""
@@ -40,12 +49,24 @@ class StateStore:
         if state.batch != 1:
             raise ValueError(f"stream '{stream}': a stored state has batch 1, not {state.batch}")
         self._states[stream] = state
-        self._seen[stream] = now
+        with self._lock:
+            seen = self._seen.get(stream)
+            if seen is None or now > seen:
+                self._seen[stream] = now
 
     def start(self, stream: str, now: float) -> None:
         """A stream (re)starts: fresh state, active at ``now``."""
         self._states.pop(stream, None)
-        self._seen[stream] = now
+        with self._lock:
+            self._seen[stream] = now
+
+    def touch(self, streams: Iterable[str], now: float) -> None:
+        """The known ones of ``streams`` were active at ``now``."""
+        with self._lock:
+            for stream in streams:
+                seen = self._seen.get(stream)
+                if seen is not None and now > seen:
+                    self._seen[stream] = now
 
     def reset(self, stream: str) -> None:
         """Forget the stream's state: its next step starts fresh."""
@@ -61,14 +82,21 @@ class StateStore:
     def end(self, stream: str) -> None:
         """The stream is over: drop everything about it."""
         self._states.pop(stream, None)
-        self._seen.pop(stream, None)
+        with self._lock:
+            self._seen.pop(stream, None)
 
-    def evict_idle(self, now: float) -> list[str]:
-        """Drop the streams idle for longer than ``ttl`` at ``now``; return their ids."""
+    def idle(self, now: float) -> list[str]:
+        """The streams idle for longer than ``ttl`` at ``now``, in order of arrival (none
+        when ``ttl`` is None); they stay until :meth:`end`."""
         if self.ttl is None:
             return []
         ttl = self.ttl
-        idle = sorted(s for s, seen in self._seen.items() if now - seen > ttl)
+        with self._lock:
+            return [s for s, seen in self._seen.items() if now - seen > ttl]
+
+    def evict_idle(self, now: float) -> list[str]:
+        """Drop the streams idle for longer than ``ttl`` at ``now``; return their ids."""
+        idle = sorted(self.idle(now))
         for stream in idle:
             self.end(stream)
         return idle

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from streamer.frames import Output
-from streamer.postprocess import Smoother
+from streamer.stages.model.postprocess import Smoother
 
 #: The run label of a per-label smoother while its label is off (never a segment).
 OFF = ""

@@ -11,23 +11,26 @@ refused with one line that names the stage and the real problem, not mid-run.
   state, or ``forward``), so that a model returning only its last step is caught; then
   ``y [B, T, K]`` against ``[model] labels`` and ``activation``, and for a generate head
   one decoding step from a token.
+- :func:`_first_invalid` (mid-run, per batch of frames): frames holding NaN or Inf.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from streamer.errors import InputError
-from streamer.heads import make_head
+from streamer.frames import Frame
 from streamer.models import ModelContractError, State, StatefulModel
-from streamer.postprocess import Labeler
-
-if TYPE_CHECKING:
-    from streamer.stages.model import Mode, ModelSettings
+from streamer.options import Mode
+from streamer.stages.model.heads import make_head
+from streamer.stages.model.postprocess import Labeler
+from streamer.stages.model.settings import ModelSettings
 
 #: ``decode_step(token, state) -> (logits, state)``: one step of decoding from a token.
 DecodeStep = Callable[[int, State], tuple[Tensor, State]]
@@ -230,3 +233,32 @@ def _line(exc: BaseException) -> str:
     """The exception's text on one line (at most 300 characters)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _first_invalid(frames: list[Frame], start: int) -> int:
+    """The index of the first frame from ``start`` whose data holds NaN or Inf
+    (``len(frames)`` when none does). Float arrays are checked in one pass when they can
+    be joined; otherwise, or when that pass finds something, frame by frame."""
+    datas = [f.data for f in frames[start:]]
+    if datas and all(isinstance(d, np.ndarray) and d.dtype.kind == "f" for d in datas):
+        try:
+            if bool(np.isfinite(np.concatenate([d.reshape(-1) for d in datas])).all()):
+                return len(frames)
+        except ValueError:
+            pass
+    for offset, data in enumerate(datas):
+        if not _finite(data):
+            return start + offset
+    return len(frames)
+
+
+def _finite(data: Any) -> bool:
+    if isinstance(data, Tensor):
+        return bool(torch.isfinite(data).all())
+    try:
+        array = np.asarray(data)
+        if array.dtype.kind != "f":
+            return True
+        return bool(np.isfinite(array).all())
+    except (TypeError, ValueError):
+        return True

@@ -1,4 +1,4 @@
-"""``streamer record``: capture a source into a recording folder, all or nothing.
+"""``streamer record`` (:func:`record`): capture a source into a recording folder, all or nothing.
 
 Items are written on a :class:`~streamer.worker.Worker` thread in small batches. The folder
 appears at ``out_dir`` only when the recording is complete; if the source fails or the task
@@ -18,7 +18,7 @@ from typing import Any
 from streamer.clock import Clock
 from streamer.errors import InputError
 from streamer.frames import Frame, Gap, Item, StreamEnd
-from streamer.recording import RecordingWriter
+from streamer.recording.writer import RecordingWriter
 from streamer.worker import Worker
 
 #: Items are handed to the writer thread once this many are pending (or this many bytes).
@@ -164,9 +164,7 @@ async def _record(
     return RecordingSummary(path, seen, frames, ends)
 
 
-async def _next(
-    iterator: AsyncIterator[Item], stopping: asyncio.Future[Any] | None
-) -> Item | None:
+async def _next(iterator: AsyncIterator[Item], stopping: asyncio.Future[Any] | None) -> Item | None:
     """The source's next item; None at its end, or once ``stopping`` is done (the read in
     progress is then cancelled, and an item it still returns is kept)."""
     if stopping is None:

@@ -1,10 +1,11 @@
 """Heads: a stream's per-step model outputs ``y [T, K]`` in, :class:`Output` objects out.
 
-A head is made for one stream and fed in order: ``push(y, steps)`` with one
-:class:`~streamer.features.Step` (frame index, pts, captured) per row of ``y``, then
-``gap()`` where frames are missing and ``end()`` at the stream's end. Heads treat each
-row on its own (activations, window contents and reductions do not depend on how rows were
-grouped into pushes), so a stream gives the same outputs streamed or offline.
+A head (:class:`Head`; the generate head is in :mod:`~streamer.stages.model.generate`)
+is made for one stream and fed in order: ``push(y, steps)`` with one ``Step`` (frame
+index, pts, captured) per row of ``y``, then ``gap()`` where frames are missing and
+``end()`` at the stream's end. Heads treat each row on its own (activations, window
+contents and reductions do not depend on how rows were grouped into pushes), so a stream
+gives the same outputs streamed or offline.
 
 Scores (:class:`Scorer`), with ``L = len(labels)``:
 
@@ -15,7 +16,7 @@ Scores (:class:`Scorer`), with ``L = len(labels)``:
   ``labels[0]`` gets ``1 - p``.
 
 Scores are computed in float64 and given as Python floats; labels come from a
-:class:`~streamer.postprocess.Labeler` (argmax unless thresholds are given).
+:class:`~streamer.stages.model.postprocess.Labeler` (argmax unless thresholds are given).
 
 Every output carries the media time it covers: ``t0`` the first covered step's ``pts``,
 ``t1`` the last covered step's end (``pts + duration``; None when the step's duration is
@@ -26,27 +27,30 @@ them only for segments.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from streamer.errors import InputError
-from streamer.features import Step
 from streamer.frames import Output, OutputKind
-from streamer.postprocess import Labeler
+from streamer.stages.model.frontend import Step, covering
+from streamer.stages.model.generate import GenerateHead
+from streamer.stages.model.postprocess import Labeler
 
 Activation = Literal["auto", "softmax", "sigmoid", "none"]
 Reduce = Literal["mean", "max", "last"]
 #: A window reduction: activated scores ``[W, L]`` -> ``[L]``.
 ReduceFn = Callable[[Tensor], Tensor]
-S = TypeVar("S")
+#: What a head's methods return: the outputs, or an iterator that decodes them lazily.
+HeadOutputs = list[Output] | Iterator[Output]
 
 __all__ = [
     "FrameHead",
     "GenerateHead",
     "Head",
+    "HeadOutputs",
     "Scorer",
     "SequenceHead",
     "Step",
@@ -57,20 +61,31 @@ __all__ = [
 
 
 class Head(Protocol):
-    """The interface of the push heads (frame, window, sequence)."""
+    """The interface of every head (frame, window, sequence, generate).
+
+    Each method returns the outputs it makes: a list, or, for a head whose outputs cost
+    model calls (a decoder), an iterator that makes them one by one as it is drawn (the
+    stage draws it on the model's worker and sends each output as it comes; smoothing
+    does not apply to such outputs). ``reads_state``: the outputs are decoded from the
+    stream's model state, so the model is stepped (never run as one ``forward``) and an
+    offline pass is not cut into pieces. ``step_by_step``: each step's outputs need the
+    state right after that step, so the stage steps the stream one step per model call.
+    """
 
     kind: OutputKind
     stream: str
+    reads_state: bool
+    step_by_step: bool
 
-    def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
+    def push(self, y: Tensor, steps: Sequence[Step]) -> HeadOutputs:
         """Rows ``y [T, K]`` of the steps ``steps`` (``len(steps) == T``) -> outputs."""
         ...
 
-    def gap(self) -> list[Output]:
+    def gap(self) -> HeadOutputs:
         """Steps are missing before the next push."""
         ...
 
-    def end(self) -> list[Output]:
+    def end(self) -> HeadOutputs:
         """The stream is over."""
         ...
 
@@ -129,36 +144,13 @@ def _check(y: Tensor, steps: Sequence[Step]) -> None:
         raise ValueError(f"head: y must be [T, K] with T = len(steps) = {len(steps)}, got {shape}")
 
 
-def _output(
-    stream: str,
-    kind: OutputKind,
-    first: Step,
-    last: Step,
-    scores: dict[str, float],
-    label: str | None,
-    extra: dict[str, Any] | None = None,
-) -> Output:
-    """An output over the steps ``first`` .. ``last`` (its times from theirs)."""
-    return Output(
-        stream=stream,
-        kind=kind,
-        start=first.index,
-        end=last.index,
-        pts=last.pts,
-        label=label,
-        scores=scores,
-        captured=last.captured,
-        t0=first.pts,
-        t1=last.end,
-        extra=extra or {},
-    )
-
-
 class FrameHead:
     """One ``frame`` output per step (``start == end ==`` the step's index; ``t0``/``t1``
     the step's ``pts`` and end)."""
 
     kind: OutputKind = "frame"
+    reads_state = False
+    step_by_step = False
 
     def __init__(
         self,
@@ -257,6 +249,8 @@ class WindowHead:
     """
 
     kind: OutputKind = "window"
+    reads_state = False
+    step_by_step = False
 
     def __init__(
         self,
@@ -313,7 +307,9 @@ class WindowHead:
         else:
             reduced = probs[-1]
         scores = self.scorer.scores(reduced)
-        return _output(self.stream, "window", rows[0][0], rows[-1][0], scores, self.labeler(scores))
+        return covering(
+            self.stream, "window", rows[0][0], rows[-1][0], scores, self.labeler(scores)
+        )
 
 
 class SequenceHead:
@@ -325,6 +321,8 @@ class SequenceHead:
     """
 
     kind: OutputKind = "sequence"
+    reads_state = False
+    step_by_step = False
 
     def __init__(
         self,
@@ -375,103 +373,7 @@ class SequenceHead:
             return []
         reduced = total / count if self.reduce == "mean" else total
         scores = self.scorer.scores(reduced)
-        return [_output(self.stream, "sequence", first, last, scores, self.labeler(scores))]
-
-
-class GenerateHead(Generic[S]):
-    """One-to-many: greedy decoding, one ``token`` output per generated token.
-
-    ``decode_step(inp, state) -> (logits, state)`` is called first with the conditioning
-    input (e.g. a frame's or a window's model output) and then with the previous token's
-    id (an ``int``); ``logits`` has ``len(vocab)`` values (any leading axes of size 1).
-    Decoding stops after ``max_len`` tokens or when ``end_token`` (id or string) is chosen;
-    the end token is not output. Each output covers the conditioning steps (``start``/
-    ``end``, ``t0``/``t1``, ``pts``/``captured`` of the newest), its label is the token's
-    string, its scores the ``top_k`` most probable tokens (softmax of the logits;
-    ``top_k=1``: the chosen token's probability) and ``extra["position"]`` the token's
-    position (0, 1, ...).
-
-    With ``sequence=True``, the tokens are followed by one ``sequence`` output covering
-    the same steps: its label is the tokens joined by spaces (the caption; ``""`` when
-    the end token came first), its score that text's probability (the product of the
-    chosen tokens' probabilities, the end token's included when it ended the decoding),
-    and ``extra["tokens"]`` the tokens.
-    """
-
-    kind: OutputKind = "token"
-
-    def __init__(
-        self,
-        stream: str,
-        vocab: Sequence[str],
-        decode_step: Callable[[Tensor | int, S], tuple[Tensor, S]],
-        *,
-        max_len: int,
-        end_token: int | str | None = None,
-        top_k: int = 1,
-        sequence: bool = False,
-    ) -> None:
-        if not vocab:
-            raise ValueError("generate head: the vocabulary is empty")
-        if max_len < 1:
-            raise ValueError(f"generate head: max_len must be >= 1, not {max_len}")
-        if not 1 <= top_k <= len(vocab):
-            raise ValueError(f"generate head: top_k must be in 1..{len(vocab)}, not {top_k}")
-        if isinstance(end_token, str):
-            if end_token not in vocab:
-                raise ValueError(f"generate head: end token {end_token!r} is not in the vocabulary")
-            end_token = list(vocab).index(end_token)
-        elif end_token is not None and not 0 <= end_token < len(vocab):
-            raise ValueError(f"generate head: end token id {end_token} is outside the vocabulary")
-        self.stream = stream
-        self.vocab = list(vocab)
-        self.decode_step = decode_step
-        self.max_len = max_len
-        self.end_token = end_token
-        self.top_k = top_k
-        self.sequence = sequence
-
-    def generate(
-        self, inp: Tensor | int, state: S, steps: Sequence[Step]
-    ) -> Generator[Output, None, S]:
-        """Decode from ``inp``; yield each token's output as soon as it is chosen.
-
-        ``steps`` are the steps the input covers (at least one). The generator's return
-        value (``StopIteration.value``) is the decoder's final state.
-        """
-        if not steps:
-            raise ValueError("generate head: the input must cover at least one step")
-        first, last = steps[0], steps[-1]
-        current: Tensor | int = inp
-        tokens: list[str] = []
-        probability = 1.0
-        for position in range(self.max_len):
-            logits, state = self.decode_step(current, state)
-            flat = logits.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-            if flat.shape[0] != len(self.vocab):
-                raise ValueError(
-                    f"generate head: decode_step gave {list(logits.shape)} logits for a"
-                    f" vocabulary of {len(self.vocab)}"
-                )
-            probs = torch.softmax(flat, dim=0)
-            # stable: among equal probabilities the lowest id comes first, as for argmax
-            top = torch.argsort(probs, descending=True, stable=True)[: self.top_k].tolist()
-            token = top[0]
-            probability *= float(probs[token])
-            if token == self.end_token:
-                break
-            tokens.append(self.vocab[token])
-            scores = {self.vocab[i]: float(probs[i]) for i in top}
-            yield _output(
-                self.stream, "token", first, last, scores, self.vocab[token], {"position": position}
-            )
-            current = token
-        if self.sequence:
-            text = " ".join(tokens)
-            yield _output(
-                self.stream, "sequence", first, last, {text: probability}, text, {"tokens": tokens}
-            )
-        return state
+        return [covering(self.stream, "sequence", first, last, scores, self.labeler(scores))]
 
 
 HEADS = ("frame", "window", "sequence", "generate")
