@@ -34,9 +34,13 @@ class OutputBlock:
     starts: list[int]
     ends: list[int]
     pts: list[float]
-    labels: list[str | None]
+    labels: Sequence[str | None]
     scores: np.ndarray[Any, np.dtype[np.float64]]
     captured: list[float]
+    #: the media time each row covers (:class:`Output`'s ``t0``/``t1``; not in the JSONL
+    #: of frame and window rows)
+    t0: Sequence[float | None] | None = None
+    t1: Sequence[float | None] | None = None
     #: ms per row, stamped by the fan-out (None until then, or where not finite)
     latency_ms: list[float | None] | None = None
     #: rows over the run's latency budget (None: none marked)
@@ -70,8 +74,10 @@ class OutputBlock:
         """The rows as :class:`Output` objects (built once, on first use)."""
         if self._outputs is None:
             names = self.names
-            latency = self.latency_ms or [None] * len(self)
-            late = self.late or [False] * len(self)
+            n = len(self)
+            latency = self.latency_ms or [None] * n
+            late = self.late or [False] * n
+            t0, t1 = self.t0 or [None] * n, self.t1 or [None] * n
             self._outputs = [
                 Output(
                     stream,
@@ -83,9 +89,23 @@ class OutputBlock:
                     dict(zip(names, row, strict=True)),
                     captured,
                     lat,
+                    begin,
+                    until,
                     late=is_late,
                 )
-                for stream, start, end, pts, label, row, captured, lat, is_late in zip(
+                for (
+                    stream,
+                    start,
+                    end,
+                    pts,
+                    label,
+                    row,
+                    captured,
+                    lat,
+                    begin,
+                    until,
+                    is_late,
+                ) in zip(
                     self.streams,
                     self.starts,
                     self.ends,
@@ -94,6 +114,8 @@ class OutputBlock:
                     self.scores.tolist(),
                     self.captured,
                     latency,
+                    t0,
+                    t1,
                     late,
                     strict=True,
                 )
@@ -149,7 +171,18 @@ def concat(blocks: Sequence[OutputBlock]) -> OutputBlock:
         [label for b in blocks for label in b.labels],
         np.concatenate([b.scores for b in blocks]),
         [c for b in blocks for c in b.captured],
+        _joined([b.t0 for b in blocks], [len(b) for b in blocks]),
+        _joined([b.t1 for b in blocks], [len(b) for b in blocks]),
     )
+
+
+def _joined(
+    columns: list[Sequence[float | None] | None], lengths: list[int]
+) -> list[float | None] | None:
+    """Optional columns of several blocks as one (None where no block has it)."""
+    if all(c is None for c in columns):
+        return None
+    return [v for c, n in zip(columns, lengths, strict=True) for v in (c or [None] * n)]
 
 
 def _text(value: str) -> str:

@@ -111,6 +111,20 @@ def declare_streams(items: Sequence[Item]) -> list[StreamInfo]:
     return infos
 
 
+def as_outputs(items: Sequence[Any]) -> list[Output]:
+    """The outputs among a stage's items (markers left out), each block's rows as
+    :class:`Output` objects: what a sink that takes outputs one by one receives."""
+    from streamer.blocks import OutputBlock
+
+    out: list[Output] = []
+    for item in items:
+        if isinstance(item, OutputBlock):
+            out += item.outputs()
+        elif isinstance(item, Output):
+            out.append(item)
+    return out
+
+
 class CaptureSink:
     """Keeps every output it is sent, in order."""
 

@@ -33,7 +33,7 @@ from streamer.models import ModuleModel, RNNModel, State, StatefulModel, as_mode
 from streamer.pipeline import Mode
 from streamer.sources.base import Pace
 from streamer.stages.model import ModelSettings, ModelStage, dry_check
-from streamer.testing import ScriptedRun, run_scripted, video_script
+from streamer.testing import ScriptedRun, as_outputs, run_scripted, video_script
 
 F = 8  # samples per (mono) audio frame: raw features have F values per step
 RATE = 800.0  # samples per second: 100 frames per second
@@ -392,16 +392,16 @@ async def test_online_output_for_frame_t_waits_for_frame_t_plus_lookahead() -> N
     task = asyncio.create_task(stage.run(inbox, outbox))
     for _ in range(200):
         await asyncio.sleep(0.005)
-        done = [o for o in outbox.take_ready() if isinstance(o, Output)]
+        done = as_outputs(outbox.take_ready())
         if done:
             break
     await asyncio.sleep(0.05)
-    done += [o for o in outbox.take_ready() if isinstance(o, Output)]
+    done += as_outputs(outbox.take_ready())
     assert [o.start for o in done] == list(range(10 - lookahead))
     await inbox.send(StreamEnd("s", 10))
     inbox.close()
     await task
-    rest = [o for o in outbox.take_ready() if isinstance(o, Output)]
+    rest = as_outputs(outbox.take_ready())
     assert [o.start for o in rest] == list(range(10 - lookahead, 10))
     close(frame_outputs(done + rest, "s")[1], direct(MODELS["gru"], frames, lookahead))
 

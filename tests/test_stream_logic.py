@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from streamer.blocks import OutputBlock
 from streamer.frames import Frame, Output, StreamStart
 from streamer.stages.model import ModelSettings, ModelStream
 from streamer.stages.model.features import Raw, Step
@@ -41,8 +42,9 @@ def model(x: Tensor, lookahead: int = 0) -> Tensor:
 
 
 def outputs(emits: list[Emit]) -> list[Output]:
-    assert all(isinstance(e, Output) for e in emits), emits
-    return [e for e in emits if isinstance(e, Output)]
+    """The outputs emitted (a frame head's block of rows as its outputs)."""
+    assert all(isinstance(e, Output | OutputBlock) for e in emits), emits
+    return [o for e in emits for o in (e.outputs() if isinstance(e, OutputBlock) else [e])]
 
 
 def starts(emits: list[Emit]) -> list[int]:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from streamer.blocks import OutputBlock, concat
 from streamer.channels import Channel
 from streamer.clock import Clock
 from streamer.frames import Output
@@ -51,7 +52,7 @@ class ModelCalls:
     async def _send(self, emits: list[Emit], outbox: Channel[Any]) -> None:
         """A stream's outputs to the outbox; an iterator of outputs that cost model calls
         is drawn on the worker, each output sent as it comes."""
-        batch: list[Output] = []
+        batch: list[Output | OutputBlock] = []
         for emit in emits:
             if not isinstance(emit, Iterator):
                 batch.append(emit)
@@ -120,8 +121,13 @@ class ModelCalls:
                 max_batch=self.settings.max_batch,
             )
             self._call_s = self.clock.now() - called
-            for stream, y in ys.items():
-                await self._send(ready[stream].deliver(y, batch_steps[stream]), outbox)
+            emitted = [ready[s].deliver(y, batch_steps[s]) for s, y in ys.items()]
+            blocks = [e[0] for e in emitted if len(e) == 1 and isinstance(e[0], OutputBlock)]
+            if len(blocks) == len(emitted) and len({b.names for b in blocks}) == 1:
+                await outbox.send(concat(blocks))  # the call's rows, all streams, one block
+                continue
+            for emits in emitted:
+                await self._send(emits, outbox)
 
     async def _run_offline(self, stream: str, ctx: ModelStream, outbox: Channel[Any]) -> None:
         """The whole collected sequence in one forward (or long causal pieces)."""

@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
+from streamer.blocks import OutputBlock
 from streamer.errors import InputError
 from streamer.frames import Output, OutputKind
 from streamer.stages.model.frontend import Step, covering
@@ -192,6 +193,32 @@ class FrameHead:
             )
             for step, row, label in zip(steps, rows, chosen, strict=True)
         ]
+
+    def block(self, y: Tensor, steps: Sequence[Step]) -> OutputBlock:
+        """:meth:`push` as one :class:`~streamer.blocks.OutputBlock` (the same outputs,
+        as columns; no :class:`Output` built unless a sink needs one)."""
+        _check(y, steps)
+        labels = self.scorer.labels
+        scored = self.scorer(y)
+        if self.labeler.labels == labels:
+            chosen = self.labeler.rows(scored)
+        else:
+            chosen = [self.labeler(dict(zip(labels, r, strict=True))) for r in scored.tolist()]
+        indices = [step.index for step in steps]
+        pts = [step.pts for step in steps]
+        return OutputBlock(
+            "frame",
+            tuple(labels),
+            [self.stream] * len(steps),
+            indices,
+            indices,
+            pts,
+            chosen,
+            scored.numpy(),
+            [step.captured for step in steps],
+            pts,
+            [step.end for step in steps],
+        )
 
     def gap(self) -> list[Output]:
         return []

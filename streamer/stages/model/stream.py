@@ -26,19 +26,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from streamer.blocks import OutputBlock
 from streamer.errors import InputError
 from streamer.frames import Frame, Output, StreamStart
 from streamer.models import State
 from streamer.stages.model.features import Features, Step, make_features
 from streamer.stages.model.generate import GenerateHead
-from streamer.stages.model.heads import Head, HeadOutputs, make_head
+from streamer.stages.model.heads import FrameHead, Head, HeadOutputs, make_head
 from streamer.stages.model.labelwise import LabelwiseSmoother
 from streamer.stages.model.postprocess import Labeler, Smoother
 from streamer.stages.model.settings import ModelSettings
 
 #: What the stream hands the stage to send: an output, or an iterator of outputs that
 #: cost model calls (drawn one by one on the model's worker, each sent as it comes).
-Emit = Output | Iterator[Output]
+Emit = Output | OutputBlock | Iterator[Output]
 
 
 class ModelStream:
@@ -125,7 +126,10 @@ class ModelStream:
             # the common case: every row has its step and no gap falls between them
             n = len(y)
             self._delivered += n
-            return self._emit(self.head.push(y, [self._waiting.popleft() for _ in range(n)]))
+            chunk = [self._waiting.popleft() for _ in range(n)]
+            if self.smoother is None and isinstance(self.head, FrameHead):
+                return [self.head.block(y, chunk)]  # the hot path: rows as one block
+            return self._emit(self.head.push(y, chunk))
         out: list[Emit] = []
         rows: list[Tensor] = []
         paired: list[Step] = []
