@@ -273,22 +273,22 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         if not isinstance(module, torch.nn.Module):
             raise InputError("[model] device: 'cuda' works for torch models, not this one")
         module.to("cuda")  # inputs follow the parameters' device; outputs come back to CPU
-    head_options: dict[str, Any] = {"activation": model.activation}
-    if model.head == "window":
-        head_options.update(
-            window=model.window, hop=model.hop, reduce=model.reduce or "mean", partial=model.partial
-        )
-    elif model.head == "sequence":
-        head_options["segment_on_gap"] = model.segment_on_gap
-        if model.reduce is not None:
-            head_options["reduce"] = model.reduce
+    # the head's options, checked by its own model; the generate head's go to the stage
+    head_options = model.head_options
+    decoding: dict[str, Any] = {}
+    if model.head_type == "generate":
+        decoding = {k: head_options.pop(k) for k in ("max_len", "end_token", "decode", "min_steps")}
     smoothing = None if model.smoothing is None else model.smoothing.model_dump(exclude_none=True)
     # every [model] key the stage takes, as the file gives it; then what is derived
     taken = {f.name for f in dataclasses.fields(ModelSettings)} & set(ModelConfig.model_fields)
     settings = ModelSettings(
-        **{key: _copied(getattr(model, key)) for key in taken - {"labels", "smoothing", "head"}},
+        **{
+            key: _copied(getattr(model, key))
+            for key in taken - {"labels", "smoothing", "head", *decoding}
+        },
+        **decoding,
         labels=tuple(model.labels or ()),
-        head=model.head,
+        head=model.head_type,
         head_options=head_options,
         smoothing=smoothing,
         latency_budget_ms=config.run.latency_budget_ms,

@@ -33,6 +33,10 @@ from streamer.options import (
     Section,
     Str,
 )
+from streamer.registry import Registry
+
+if TYPE_CHECKING:
+    from streamer.stages.model.heads import HeadKind
 from streamer.sinks import SINKS
 from streamer.sinks.base import SinkOptions
 from streamer.sinks.console import ConsoleSinkConfig as ConsoleSinkConfig
@@ -142,13 +146,21 @@ FEATURE_OPTIONS: dict[str, type[_Section]] = {
 }
 
 #: Per head, the ``[model]`` keys that only it takes.
-HEAD_KEYS: dict[str, tuple[str, ...]] = {
-    "frame": (),
-    "window": ("window", "hop", "reduce", "partial"),
-    "sequence": ("reduce", "segment_on_gap"),
-    "generate": ("max_len", "end_token", "decode", "min_steps"),
-}
-_ALL_HEAD_KEYS = {key for keys in HEAD_KEYS.values() for key in keys}
+def _heads() -> Registry[HeadKind]:
+    """The head registry, imported when a ``[model]`` table is checked (it brings torch,
+    which reading a ``[source]`` alone, as ``streamer record`` does, must not)."""
+    from streamer.stages.model.heads import HEADS
+
+    return HEADS
+
+
+def head_keys() -> dict[str, tuple[str, ...]]:
+    """Each registered head's own keys (its options model's, ``activation`` aside)."""
+    heads = _heads()
+    return {
+        name: tuple(k for k in heads.get(name).options.model_fields if k != "activation")
+        for name in heads
+    }
 
 
 class ModelConfig(_Section):
@@ -167,7 +179,9 @@ class ModelConfig(_Section):
     labels: list[Annotated[Str, Field(min_length=1)]] | None = None
     features: Literal["raw", "logmel", "pixels"] = "raw"
     feature_options: dict[Str, Any] = Field(default_factory=dict)
-    head: Literal["frame", "window", "sequence", "generate"] = "frame"
+    # a head's name (its options as flat keys, for the built-in heads), or the
+    # [model.head] table: type = NAME and the head's options
+    head: Str | dict[Str, Any] = "frame"
     window: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
     hop: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
     reduce: Literal["mean", "max", "last"] | None = None
@@ -197,6 +211,26 @@ class ModelConfig(_Section):
     def is_builtin(self) -> bool:
         return self.factory is None and self.path is None
 
+    @property
+    def head_type(self) -> str:
+        """The head's registered name (``head``, or ``[model.head] type``)."""
+        if isinstance(self.head, dict):
+            return str(self.head.get("type", ""))
+        return self.head
+
+    @property
+    def head_options(self) -> dict[str, Any]:
+        """The head's options, validated by its own options model, from ``[model.head]``
+        or from the flat keys (a built-in head's)."""
+        kind = _heads().get(self.head_type)
+        if isinstance(self.head, dict):
+            table = {k: v for k, v in self.head.items() if k != "type"}
+        else:
+            keys = (*head_keys()[self.head_type], "activation")
+            table = {k: getattr(self, k) for k in keys if getattr(self, k, None) is not None}
+        options: dict[str, Any] = kind.options.model_validate(table).model_dump()
+        return options
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
         given = self.model_fields_set
@@ -218,10 +252,21 @@ class ModelConfig(_Section):
         labels = self.labels
         if len(set(labels)) != len(labels):
             raise ValueError(f"labels: each label once, got {labels}")
-        for key in sorted((_ALL_HEAD_KEYS - set(HEAD_KEYS[self.head])) & given):
-            takers = [h for h, keys in HEAD_KEYS.items() if key in keys]
+        head, heads, keys = self.head_type, _heads(), head_keys()
+        every_key = {key for each in keys.values() for key in each}
+        if head not in heads:
+            raise ValueError(f"head: unknown head {head!r}; expected one of {list(heads)}")
+        if isinstance(self.head, dict):
+            flat = sorted((every_key | {"activation"}) & given)
+            if flat:
+                raise ValueError(
+                    f"{flat[0]}: with a [model.head] table, give the head's options in it"
+                )
+            _check_head_table(head, self.head)
+        for key in sorted((every_key - set(keys[head])) & given):
+            takers = [h for h, each in keys.items() if key in each]
             raise ValueError(
-                f"{key}: an option of the {' or '.join(takers)} head, but head = '{self.head}'"
+                f"{key}: an option of the {' or '.join(takers)} head, but head = '{head}'"
             )
         kind = FEATURE_OPTIONS[self.features]
         try:
@@ -238,23 +283,33 @@ class ModelConfig(_Section):
                 f"feature_options.{key}: {_message(error)} (got {error.get('input')!r})"
             ) from None
         object.__setattr__(self, "feature_options", checked.model_dump(exclude_unset=True))
-        if self.head == "window" and self.window is None:
+        if isinstance(self.head, dict):
+            return self._check_generate_and_labels()
+        if head == "window" and self.window is None:
             raise ValueError("window: head = 'window' needs window = W (steps)")
-        if self.head == "sequence" and self.reduce == "max":
+        if head == "sequence" and self.reduce == "max":
             raise ValueError("reduce: the sequence head reduces by 'last' or 'mean'")
-        if self.head == "generate":
-            if self.end_token is not None and self.end_token not in labels:
+        return self._check_generate_and_labels()
+
+    def _check_generate_and_labels(self) -> ModelConfig:
+        """The checks of the head's options against the rest of ``[model]``."""
+        labels = self.labels or []
+        given = self.model_fields_set | set(self.head if isinstance(self.head, dict) else ())
+        options = self.head_options
+        if self.head_type == "generate":
+            end_token = options["end_token"]
+            if end_token is not None and end_token not in labels:
                 raise ValueError(
-                    f"end_token: {self.end_token!r} is not in the vocabulary (labels {labels})"
+                    f"end_token: {end_token!r} is not in the vocabulary (labels {labels})"
                 )
             if "activation" in given or self.thresholds or self.smoothing:
                 key = next(k for k in ("activation", "thresholds", "smoothing") if k in given)
                 raise ValueError(f"{key}: the generate head picks tokens; it takes no {key}")
             if self.lookahead:
                 raise ValueError("lookahead: the generate head takes no lookahead")
-            if "min_steps" in given and self.decode != "end":
+            if "min_steps" in given and options["decode"] != "end":
                 raise ValueError("min_steps: the shortest clip to decode, for decode = 'end'")
-        if self.activation == "softmax" and len(labels) == 1:
+        if options["activation"] == "softmax" and len(labels) == 1:
             raise ValueError("activation: softmax over one label is always 1; use sigmoid")
         for label in self.thresholds or {}:
             _known(label, labels, "thresholds")
@@ -266,6 +321,25 @@ class ModelConfig(_Section):
 #: ``[model]`` keys of the built-in thresholder; every other key needs a model.
 BUILTIN_KEYS = ("builtin", "threshold", "labels")
 MODEL_ONLY = [key for key in ModelConfig.model_fields if key not in BUILTIN_KEYS]
+
+
+def _check_head_table(head: str, table: dict[str, Any]) -> None:
+    """``[model.head]``: its options, checked by the head's own options model."""
+    options = {k: v for k, v in table.items() if k != "type"}
+    kind = _heads().get(head).options
+    try:
+        kind.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        if error["type"] == "extra_forbidden":
+            raise ValueError(
+                f"head.{key}: the {head} head takes no option '{key}' (it takes"
+                f" {', '.join(kind.model_fields)})"
+            ) from None
+        if error["type"] == "missing":
+            raise ValueError(f"head.{key}: the {head} head needs {key}") from None
+        raise ValueError(f"head.{key}: {_message(error)} (got {error.get('input')!r})") from None
 
 
 def _known(label: str, labels: list[str], key: str) -> None:

@@ -14,17 +14,31 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from streamer.errors import InputError
 from streamer.frames import Output, OutputKind
+from streamer.options import Int, Str
 from streamer.stages.model.frontend import Step, covering
+from streamer.stages.model.settings import HeadOptions
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+
+
+class GenerateHeadOptions(HeadOptions):
+    """``head = "generate"``: tokens decoded greedily, ``max_len`` at most, until
+    ``end_token``; after every step (``decode = "step"``) or once per clip (``"end"``,
+    clips of ``min_steps`` steps at least)."""
+
+    max_len: Annotated[Int, Field(ge=1, le=100_000)] = 16
+    end_token: Str | None = None
+    decode: Literal["step", "end"] = "step"
+    min_steps: Annotated[Int, Field(ge=1, le=1_000_000)] = 1
 
 
 class GenerateHead(Generic[S]):

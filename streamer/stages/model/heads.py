@@ -28,19 +28,23 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from streamer.blocks import OutputBlock
 from streamer.errors import InputError
 from streamer.frames import Output, OutputKind
+from streamer.options import Bool, Int
+from streamer.registry import Registry
 from streamer.stages.model.frontend import Step, covering
-from streamer.stages.model.generate import GenerateHead
+from streamer.stages.model.generate import GenerateHead, GenerateHeadOptions
 from streamer.stages.model.postprocess import Labeler
+from streamer.stages.model.settings import Activation, HeadOptions
 
-Activation = Literal["auto", "softmax", "sigmoid", "none"]
 Reduce = Literal["mean", "max", "last"]
 #: A window reduction: activated scores ``[W, L]`` -> ``[L]``.
 ReduceFn = Callable[[Tensor], Tensor]
@@ -403,7 +407,38 @@ class SequenceHead:
         return [covering(self.stream, "sequence", first, last, scores, self.labeler(scores))]
 
 
-HEADS = ("frame", "window", "sequence", "generate")
+class FrameHeadOptions(HeadOptions):
+    pass
+
+
+class WindowHeadOptions(HeadOptions):
+    window: Annotated[Int, Field(ge=1, le=1_000_000)]
+    hop: Annotated[Int, Field(ge=1, le=1_000_000)] | None = None
+    reduce: Reduce = "mean"
+    partial: Bool = False
+
+
+class SequenceHeadOptions(HeadOptions):
+    reduce: Literal["last", "mean"] = "last"
+    segment_on_gap: Bool = False
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """A registered kind of head: its options model and its class (or factory), called
+    as ``make(stream, labels, **options)`` for each stream."""
+
+    options: type[HeadOptions]
+    make: Callable[..., Head]
+
+
+#: The heads by ``[model] head`` name. A new head is its own module (its options model
+#: and its class) and one line here.
+HEADS: Registry[HeadKind] = Registry("head")
+HEADS.register("frame", HeadKind(FrameHeadOptions, FrameHead))
+HEADS.register("window", HeadKind(WindowHeadOptions, WindowHead))
+HEADS.register("sequence", HeadKind(SequenceHeadOptions, SequenceHead))
+HEADS.register("generate", HeadKind(GenerateHeadOptions, GenerateHead))
 
 
 def make_head(
@@ -412,29 +447,23 @@ def make_head(
     stream: str,
     labels: Sequence[str],
     **params: Any,
-) -> FrameHead | WindowHead | SequenceHead | GenerateHead[Any]:
-    """The head ``name`` (the ``[model] head`` key) for one stream.
+) -> Head:
+    """The head ``name`` (the ``[model] head`` key, a name in :data:`HEADS`) for one stream.
 
     ``params`` are the head's options (``window``, ``hop``, ``reduce``, ``activation``,
     ...; ``generate`` takes ``decode_step``, ``max_len``, ``end_token``, with ``labels``
     as the vocabulary). Raises :class:`InputError` naming the key for an unknown head or
     option.
     """
+    if name not in HEADS:
+        raise InputError(f"[model] head: unknown head {name!r}; expected one of {list(HEADS)}")
+    if name == "window" and "window" not in params:
+        raise InputError("[model] head: 'window' needs a window size (window = W)")
+    if name == "generate" and ("decode_step" not in params or "max_len" not in params):
+        raise InputError("[model] head: 'generate' needs decode_step and max_len")
     try:
-        if name == "frame":
-            return FrameHead(stream, labels, **params)
-        if name == "window":
-            if "window" not in params:
-                raise InputError("[model] head: 'window' needs a window size (window = W)")
-            return WindowHead(stream, labels, **params)
-        if name == "sequence":
-            return SequenceHead(stream, labels, **params)
-        if name == "generate":
-            if "decode_step" not in params or "max_len" not in params:
-                raise InputError("[model] head: 'generate' needs decode_step and max_len")
-            return GenerateHead(stream, labels, **params)
+        return HEADS.get(name).make(stream, labels, **params)
     except TypeError as exc:
         raise InputError(f"[model] head: {name!r}: {exc}") from None
     except ValueError as exc:
         raise InputError(f"[model] head: {exc}") from None
-    raise InputError(f"[model] head: unknown head {name!r}; expected one of {list(HEADS)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from streamer.options import Section
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -31,3 +33,15 @@ class ModelSettings:
     min_steps: int = 1
     #: realtime: a frame already older than this when its turn comes is skipped
     latency_budget_ms: float | None = None
+
+
+Activation = Literal["auto", "softmax", "sigmoid", "none"]
+
+
+class HeadOptions(Section):
+    """The options every head takes (``activation``); a head's own options model adds its
+    keys (:data:`~streamer.stages.model.heads.HEADS` names each head's). Given as
+    ``[model.head]`` (``type`` and the options), or, for the built-in heads, as flat
+    ``[model]`` keys."""
+
+    activation: Activation = "auto"
