@@ -2,6 +2,7 @@
 #   make demo   - create .venv, install everything, tag speech in a recording (Silero VAD), plot it
 #   make test   - the same set-up plus the system packages the tests need, then lint + tests
 #   make train  - the same set-up, then train the shipped models again (minutes each)
+#   make bench  - the test set-up, then every benchmark (one JSON object each; under 5 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ TORCH_INDEX ?=
 APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg libportaudio2
 TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils
 
-.PHONY: demo test train lint typecheck pytest system-deps venv clean
+.PHONY: demo test train bench lint typecheck pytest system-deps venv clean
 
 demo: system-deps $(STAMP)
 	@mkdir -p out
@@ -40,6 +41,13 @@ train: system-deps $(STAMP)
 	$(BIN)/python pipelines/eval_sound_events.py
 	$(BIN)/python pipelines/train_motion.py
 	$(BIN)/python pipelines/train_caption.py
+
+# Every script in benchmarks/ prints one JSON object (figures, targets, met); the table of
+# targets goes to stderr at the end. Sizes fit 5 minutes on 2 cores (docs/performance.md).
+# pulseaudio gives bench_live.py its virtual microphone.
+bench: APT_PACKAGES := $(TEST_APT_PACKAGES)
+bench: system-deps $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamer pipelines tests scripts benchmarks

@@ -36,6 +36,7 @@ from streamer.options import (
 from streamer.registry import Registry
 
 if TYPE_CHECKING:
+    from streamer.stages.model.features import FeatureKind
     from streamer.stages.model.heads import HeadKind
 from streamer.sinks import SINKS
 from streamer.sinks.base import SinkOptions
@@ -99,51 +100,13 @@ class SmoothingConfig(_Section):
         return self
 
 
-class RawOptions(_Section):
-    """``feature_options`` of ``features = "raw"``: none (the source decides the shape)."""
+def _front_ends() -> Registry[FeatureKind]:
+    """The feature front-end registry, imported when a ``[model]`` table is checked."""
+    from streamer.stages.model.features import FEATURES
+
+    return FEATURES
 
 
-class LogMelOptions(_Section):
-    """``feature_options`` of ``features = "logmel"`` (see
-    :class:`streamer.stages.model.logmel.LogMel`)."""
-
-    sample_rate: Annotated[Float, Field(ge=1000, le=MAX_RATE)] | None = None
-    n_fft: Annotated[Int, Field(ge=2, le=1 << 16)] | None = None
-    hop: Annotated[Int, Field(ge=1, le=1 << 16)] | None = None
-    window_s: Annotated[Float, Field(gt=0, le=10)] | None = None
-    hop_s: Annotated[Float, Field(gt=0, le=10)] | None = None
-    n_mels: Annotated[Int, Field(ge=1, le=1024)] = 40
-    f_min: Annotated[Float, Field(ge=0, le=MAX_RATE / 2)] = 0.0
-    f_max: Annotated[Float, Field(gt=0, le=MAX_RATE / 2)] | None = None
-    log_offset: Annotated[Float, Field(gt=0, le=1)] = 1e-6
-    mel_scale: Literal["htk", "slaney"] = "htk"
-
-
-class PixelsOptions(_Section):
-    """``feature_options`` of ``features = "pixels"`` (see
-    :class:`streamer.stages.model.features.Pixels`)."""
-
-    size: (
-        tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
-        | None
-    ) = None
-    rgb: Bool = True
-    mean: tuple[Float, Float, Float] | None = None
-    std: (
-        tuple[
-            Annotated[Float, Field(gt=0)],
-            Annotated[Float, Field(gt=0)],
-            Annotated[Float, Field(gt=0)],
-        ]
-        | None
-    ) = None
-
-
-FEATURE_OPTIONS: dict[str, type[_Section]] = {
-    "raw": RawOptions,
-    "logmel": LogMelOptions,
-    "pixels": PixelsOptions,
-}
 
 #: Per head, the ``[model]`` keys that only it takes.
 def _heads() -> Registry[HeadKind]:
@@ -177,7 +140,7 @@ class ModelConfig(_Section):
     builtin: Literal["energy", "brightness", "auto"] = "auto"
     threshold: Float | None = None
     labels: list[Annotated[Str, Field(min_length=1)]] | None = None
-    features: Literal["raw", "logmel", "pixels"] = "raw"
+    features: Str = "raw"  # a registered front-end: raw | logmel | pixels
     feature_options: dict[Str, Any] = Field(default_factory=dict)
     # a head's name (its options as flat keys, for the built-in heads), or the
     # [model.head] table: type = NAME and the head's options
@@ -268,7 +231,13 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"{key}: an option of the {' or '.join(takers)} head, but head = '{head}'"
             )
-        kind = FEATURE_OPTIONS[self.features]
+        front_ends = _front_ends()
+        if self.features not in front_ends:
+            raise ValueError(
+                f"features: unknown front-end {self.features!r}; expected one of"
+                f" {list(front_ends)}"
+            )
+        kind = front_ends.get(self.features).options
         try:
             checked = kind.model_validate(self.feature_options)
         except ValidationError as exc:

@@ -376,10 +376,11 @@ class Pipeline:
         more outputs and stops the run (a drain, like Ctrl-C); one that raises fails the
         run, or, with ``on_error = "drop"``, gets no more outputs while the others go on.
         The outputs its edge dropped count as done with (they are older than the next one
-        it receives). A sink that takes batches takes blocks as they are; any other gets
-        a block's rows as :class:`Output` objects, one ``send`` each."""
+        it receives). A sink that takes batches and says ``takes_blocks`` (the JSONL file)
+        gets blocks as they are; any other gets a block's rows as :class:`Output` objects."""
         skip = False
         batched = isinstance(sink, BatchSink)
+        blocks = batched and bool(getattr(sink, "takes_blocks", False))
         accounted = 0  # the edge's drops (outputs) counted as done with so far
         try:
             async for first in inbox:
@@ -395,7 +396,7 @@ class Pipeline:
                     if skip:
                         pass
                     elif batched and (len(items) > 1 or isinstance(first, OutputBlock)):
-                        await cast(BatchSink, sink).send_many(items)
+                        await cast(BatchSink, sink).send_many(items if blocks else _expand(items))
                     elif isinstance(first, OutputBlock):
                         for output in first.outputs():
                             await sink.send(output)
@@ -456,6 +457,13 @@ class Pipeline:
             else:
                 metrics.on_output(item)
                 self._counted += 1
+
+
+def _expand(items: list[Output | OutputBlock]) -> list[Output | OutputBlock]:
+    """``items`` with each block's rows as :class:`Output` objects."""
+    return [
+        o for item in items for o in (item.outputs() if isinstance(item, OutputBlock) else [item])
+    ]
 
 
 def _rows(item: Output | OutputBlock) -> int:

@@ -38,10 +38,11 @@ class Sink(Protocol):
 @runtime_checkable
 class BatchSink(Sink, Protocol):
     """A sink that takes several outputs in one call (the JSONL file: one write and one
-    flush for all of them), and blocks of outputs as they are
-    (:class:`~streamer.blocks.OutputBlock`). The pipeline hands it what is already queued
-    for it, at most :data:`MAX_SEND_BATCH` items at a time, in order; ``send_many`` must
-    leave the outputs handled exactly as ``send`` of each output, in order, would."""
+    flush for all of them). The pipeline hands it what is already queued for it, at most
+    :data:`MAX_SEND_BATCH` items at a time, in order; ``send_many`` must leave the outputs
+    handled exactly as ``send`` of each output, in order, would. One whose class sets
+    ``takes_blocks = True`` gets blocks of outputs as they are
+    (:class:`~streamer.blocks.OutputBlock`); any other gets their rows as outputs."""
 
     async def send_many(self, outputs: Sequence[Output | OutputBlock]) -> None: ...
 

@@ -28,6 +28,8 @@ from streamer.worker import Worker
 class JsonlSink:
     """Writes ``output.to_json()`` per line to ``path`` (created or truncated on first use)."""
 
+    takes_blocks = True  # a block is written in one pass (OutputBlock.jsonl)
+
     def __init__(self, path: str | Path, worker: Worker | None = None) -> None:
         self.path = Path(path)
         self.name = f"sink:jsonl:{self.path.name}"

@@ -21,15 +21,19 @@ duration reaches past the last real sample.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from streamer.errors import InputError
 from streamer.frames import Frame, Media
+from streamer.options import MAX_SIDE, Bool, Float, Int, Section
+from streamer.registry import Registry
 from streamer.stages.model.frontend import (
     Features,
     Step,
@@ -40,6 +44,7 @@ from streamer.stages.model.frontend import (
 )
 from streamer.stages.model.logmel import (
     LogMel,
+    LogMelOptions,
     MelScale,
     hz_to_mel,
     logmel_offline,
@@ -69,6 +74,10 @@ __all__ = [
 #: ImageNet statistics (RGB), what torchvision's pretrained backbones expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RawOptions(Section):
+    """``feature_options`` of ``features = "raw"``: none (the source decides the shape)."""
 
 
 class Raw(Features):
@@ -170,6 +179,26 @@ class Raw(Features):
 # --- pixels -------------------------------------------------------------------------------
 
 
+class PixelsOptions(Section):
+    """``feature_options`` of ``features = "pixels"`` (see
+    :class:`streamer.stages.model.features.Pixels`)."""
+
+    size: (
+        tuple[Annotated[Int, Field(ge=1, le=MAX_SIDE)], Annotated[Int, Field(ge=1, le=MAX_SIDE)]]
+        | None
+    ) = None
+    rgb: Bool = True
+    mean: tuple[Float, Float, Float] | None = None
+    std: (
+        tuple[
+            Annotated[Float, Field(gt=0)],
+            Annotated[Float, Field(gt=0)],
+            Annotated[Float, Field(gt=0)],
+        ]
+        | None
+    ) = None
+
+
 class Pixels(Features):
     """One image per frame: ``[H, W, 3]`` uint8 BGR -> ``[1, 3, H, W]`` float32.
 
@@ -238,7 +267,48 @@ class Pixels(Features):
 
 # --- factory ------------------------------------------------------------------------------
 
-FEATURES: dict[str, type[Features]] = {"raw": Raw, "logmel": LogMel, "pixels": Pixels}
+
+@dataclass(frozen=True)
+class FeatureKind:
+    """A registered feature front-end: its ``feature_options`` model, its class, and
+    ``make(media=, rate=, chunk=, channels=, size=, samples=, **options)`` (what the
+    source declares, then the options) that opens one for a stream."""
+
+    options: type[Section]
+    cls: type[Features]
+    make: Callable[..., Features]
+
+
+def _raw(
+    *,
+    media: Media,
+    rate: float | None,
+    chunk: int | None,
+    channels: int | None,
+    size: tuple[int, int] | None,
+    samples: int | None,
+) -> Features:
+    return Raw(media, rate=rate, chunk=chunk, channels=channels, size=size, samples=samples)
+
+
+def _logmel(*, rate: float | None, samples: int | None, **params: Any) -> Features:
+    if rate is None:
+        raise InputError("[model] features: 'logmel' needs the audio rate ([source] rate)")
+    params = {k: v for k, v in params.items() if k not in ("media", "chunk", "channels", "size")}
+    return LogMel(rate, samples=samples, **params)
+
+
+def _pixels(*, size: tuple[int, int] | None, rate: float | None, **params: Any) -> Features:
+    params = {k: v for k, v in params.items() if k not in ("media", "chunk", "channels", "samples")}
+    return Pixels(size, rate=rate, **params)
+
+
+#: The feature front-ends by ``[model] features`` name: a new one is its own module (its
+#: options model and its class) and one line here.
+FEATURES: Registry[FeatureKind] = Registry("feature front-end")
+FEATURES.register("raw", FeatureKind(RawOptions, Raw, _raw))
+FEATURES.register("logmel", FeatureKind(LogMelOptions, LogMel, _logmel))
+FEATURES.register("pixels", FeatureKind(PixelsOptions, Pixels, _pixels))
 #: Front-end arguments that describe the source or stream, not options a user sets.
 SOURCE_KEYS = ("media", "rate", "chunk", "channels", "size", "samples", "meta")
 
@@ -262,11 +332,12 @@ def make_features(
     (e.g. ``n_mels`` or ``sample_rate`` for ``logmel``). Raises :class:`InputError` for an
     unknown name, one that does not fit the media, or an option the front-end does not take.
     """
-    cls = FEATURES.get(name)
-    if cls is None:
+    if name not in FEATURES:
         raise InputError(
             f"[model] features: unknown front-end {name!r}; expected one of {sorted(FEATURES)}"
         )
+    kind = FEATURES.get(name)
+    cls = kind.cls
     if cls.media is not None and cls.media != media:
         raise InputError(f"[model] features: {name!r} needs {cls.media}, but the source is {media}")
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", *SOURCE_KEYS}
@@ -278,12 +349,14 @@ def make_features(
         )
     samples = real_samples(meta or {}) if media == "audio" else None
     try:
-        if cls is Raw:
-            return Raw(media, rate=rate, chunk=chunk, channels=channels, size=size, samples=samples)
-        if cls is LogMel:
-            if rate is None:
-                raise InputError("[model] features: 'logmel' needs the audio rate ([source] rate)")
-            return LogMel(rate, samples=samples, **params)
-        return Pixels(size, rate=rate, **params)
+        return kind.make(
+            media=media,
+            rate=rate,
+            chunk=chunk,
+            channels=channels,
+            size=size,
+            samples=samples,
+            **params,
+        )
     except (TypeError, ValueError) as exc:
         raise InputError(f"[model] features: {exc}") from None

@@ -5,14 +5,16 @@ model's rate first when the source's differs), and its offline twin :func:`logme
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import soxr
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from streamer.frames import Frame
+from streamer.options import MAX_RATE, Float, Int, Section
 from streamer.sources.chunker import resampled_length
 from streamer.stages.model.frontend import Features, Step, as_samples, real_count
 
@@ -69,6 +71,22 @@ def mel_filterbank(
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
     return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class LogMelOptions(Section):
+    """``feature_options`` of ``features = "logmel"`` (see
+    :class:`streamer.stages.model.logmel.LogMel`)."""
+
+    sample_rate: Annotated[Float, Field(ge=1000, le=MAX_RATE)] | None = None
+    n_fft: Annotated[Int, Field(ge=2, le=1 << 16)] | None = None
+    hop: Annotated[Int, Field(ge=1, le=1 << 16)] | None = None
+    window_s: Annotated[Float, Field(gt=0, le=10)] | None = None
+    hop_s: Annotated[Float, Field(gt=0, le=10)] | None = None
+    n_mels: Annotated[Int, Field(ge=1, le=1024)] = 40
+    f_min: Annotated[Float, Field(ge=0, le=MAX_RATE / 2)] = 0.0
+    f_max: Annotated[Float, Field(gt=0, le=MAX_RATE / 2)] | None = None
+    log_offset: Annotated[Float, Field(gt=0, le=1)] = 1e-6
+    mel_scale: Literal["htk", "slaney"] = "htk"
 
 
 class LogMel(Features):

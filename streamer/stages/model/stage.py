@@ -138,13 +138,15 @@ class ModelStage(ModelCalls):
 
     def _skip_late(self, items: list[Any]) -> list[Any]:
         """Realtime with a latency budget: each frame too old for its output to come within
-        the budget (older than the budget less the last model call's time, that time
-        counted up to half the budget) becomes a gap, ``reason = "deadline"`` (a stream's
-        run of them one gap), so the stage catches up with the newest frames; the gap's
-        state handling is ``on_gap``'s, as for any gap."""
+        the budget (older than the budget less the last model call's time) becomes a gap,
+        ``reason = "deadline"`` (a stream's run of them one gap), so the stage waits for a
+        fresh frame instead; the gap's state handling is ``on_gap``'s, as for any gap. A
+        model slower than the budget cannot keep any output within it: then only frames
+        older than the budget itself are skipped (the stage never starves)."""
         assert self.settings.latency_budget_ms is not None
         budget = self.settings.latency_budget_ms / 1000.0
-        oldest = self.clock.now() - budget + min(self._call_s, budget / 2)
+        call = self._call_s if self._call_s < budget else 0.0
+        oldest = self.clock.now() - budget + call
         kept: list[Any] = []
         open_gap: dict[str, int] = {}  # stream -> position in kept of its trailing gap
         for item in items:
