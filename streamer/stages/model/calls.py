@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from streamer.blocks import OutputBlock, concat
+from streamer.blocks import OutputBlock
 from streamer.channels import Channel
 from streamer.clock import Clock
 from streamer.frames import Output
@@ -25,6 +25,7 @@ from streamer.models import State, StatefulModel, StateStore, step_batch
 from streamer.options import Mode
 from streamer.stages.model.checks import find_embedder
 from streamer.stages.model.features import Step
+from streamer.stages.model.heads import FrameHead
 from streamer.stages.model.settings import ModelSettings
 from streamer.stages.model.stream import Emit, ModelStream
 from streamer.worker import Worker
@@ -121,13 +122,34 @@ class ModelCalls:
                 max_batch=self.settings.max_batch,
             )
             self._call_s = self.clock.now() - called
-            emitted = [ready[s].deliver(y, batch_steps[s]) for s, y in ys.items()]
-            blocks = [e[0] for e in emitted if len(e) == 1 and isinstance(e[0], OutputBlock)]
-            if len(blocks) == len(emitted) and len({b.names for b in blocks}) == 1:
-                await outbox.send(concat(blocks))  # the call's rows, all streams, one block
+            await self._deliver_call(ready, ys, batch_steps, outbox)
+
+    async def _deliver_call(
+        self,
+        ready: dict[str, ModelStream],
+        ys: dict[str, Tensor],
+        steps: dict[str, list[Step]],
+        outbox: Channel[Any],
+    ) -> None:
+        """One model call's rows to the streams: the plain ones (frame heads, nothing
+        between their rows, :meth:`ModelStream.take_plain`) scored and labelled together
+        and sent as one block, the others through their own :meth:`ModelStream.deliver`."""
+        rows: list[Tensor] = []
+        paired: list[Step] = []
+        streams: list[str] = []
+        head: FrameHead | None = None
+        for stream, y in ys.items():
+            ctx = ready[stream]
+            plain = ctx.take_plain(len(y), steps[stream])
+            if plain is None:
+                await self._send(ctx.deliver(y, steps[stream]), outbox)
                 continue
-            for emits in emitted:
-                await self._send(emits, outbox)
+            head = head or cast(FrameHead, ctx.head)
+            rows.append(y.detach().cpu())
+            paired += plain
+            streams += [stream] * len(plain)
+        if head is not None:
+            await outbox.send(head.block(torch.cat(rows), paired, streams))
 
     async def _run_offline(self, stream: str, ctx: ModelStream, outbox: Channel[Any]) -> None:
         """The whole collected sequence in one forward (or long causal pieces)."""

@@ -198,9 +198,12 @@ class FrameHead:
             for step, row, label in zip(steps, rows, chosen, strict=True)
         ]
 
-    def block(self, y: Tensor, steps: Sequence[Step]) -> OutputBlock:
+    def block(
+        self, y: Tensor, steps: Sequence[Step], streams: Sequence[str] | None = None
+    ) -> OutputBlock:
         """:meth:`push` as one :class:`~streamer.blocks.OutputBlock` (the same outputs,
-        as columns; no :class:`Output` built unless a sink needs one)."""
+        as columns; no :class:`Output` built unless a sink needs one). With ``streams``
+        (one per row), rows of several streams whose heads score alike, at once."""
         _check(y, steps)
         labels = self.scorer.labels
         scored = self.scorer(y)
@@ -213,7 +216,7 @@ class FrameHead:
         return OutputBlock(
             "frame",
             tuple(labels),
-            [self.stream] * len(steps),
+            list(streams) if streams is not None else [self.stream] * len(steps),
             indices,
             indices,
             pts,

@@ -116,6 +116,24 @@ class ModelStream:
         self._waiting.clear()
 
     # -- outputs -----------------------------------------------------------------------
+    def take_plain(self, rows: int, steps: Sequence[Step]) -> list[Step] | None:
+        """The steps of the model's next ``rows`` rows for the chunk of ``steps``, taken as
+        :meth:`deliver` would pair them, when nothing lies between: every row has its step,
+        no lookahead row to drop, no gap waiting, a frame head without smoothing. Then the
+        stage scores these rows together with other streams' (one block for the call);
+        otherwise None, and nothing changes (use :meth:`deliver`)."""
+        if (
+            self._skip
+            or self._gap_marks
+            or self.smoother is not None
+            or not isinstance(self.head, FrameHead)
+            or len(self._waiting) + len(steps) < rows
+        ):
+            return None
+        self._waiting.extend(steps)
+        self._delivered += rows
+        return [self._waiting.popleft() for _ in range(rows)]
+
     def deliver(self, y: Tensor, steps: Sequence[Step]) -> list[Emit]:
         """The model's rows ``y [T, K]`` for the chunk of ``steps`` (``[]``: lookahead
         zero steps): pair them with their steps (lookahead shift) and run the head; kept
