@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -140,6 +141,19 @@ class RecordedStream:
     def frame_data(self, i: int) -> npt.NDArray[Any]:
         """Frame ``i``'s data as a view into the memory map (copy it to keep it)."""
         return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    def release_before(self, i: int) -> None:
+        """A sequential reader is done with the frames before ``i``: their pages of the
+        memory map are given back (``madvise(MADV_DONTNEED)``; read again, they come back
+        from the page cache), so replaying a long recording keeps its resident memory flat
+        instead of growing by the file's size."""
+        mapped = getattr(self.data, "_mmap", None)
+        if mapped is None or not hasattr(mapped, "madvise") or i <= 0:
+            return
+        row_bytes = self.data.itemsize * math.prod(self.data.shape[1:])
+        end = int(self.offsets[min(i, self.frames)]) * row_bytes // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > 0:
+            mapped.madvise(mmap.MADV_DONTNEED, 0, end)
 
     def frame_duration(self, i: int) -> float:
         """Media seconds covered by frame ``i``."""

@@ -180,6 +180,10 @@ class RecordingSource(GeneratorSource):
             pos += 1
             if size >= BLOCK_BYTES:
                 break
+        for number, stream in enumerate(streams):  # the pages read so far are given back
+            done = self._order_frame[start:pos][self._order_stream[start:pos] == number]
+            if len(done):
+                stream.release_before(int(done.max()) + 1)
         return block
 
 
