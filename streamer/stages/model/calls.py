@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -48,7 +49,9 @@ class ModelCalls:
         self._inflight: dict[str, tuple[asyncio.Future[dict[str, Tensor]], list[Step]]] = {}
         self._calls = 0
         self._batched_chunks = 0
-        self._call_s = 0.0  # how long the last model call took (clock time)
+        # how long the recent model calls took (clock time): their shortest is what a
+        # call is expected to cost (a stall or a collection does not count)
+        self._calls_s: deque[float] = deque(maxlen=8)
 
     async def _send(self, emits: list[Emit], outbox: Channel[Any]) -> None:
         """A stream's outputs to the outbox; an iterator of outputs that cost model calls
@@ -121,7 +124,7 @@ class ModelCalls:
                 self.clock.now(),
                 max_batch=self.settings.max_batch,
             )
-            self._call_s = self.clock.now() - called
+            self._calls_s.append(self.clock.now() - called)
             await self._deliver_call(ready, ys, batch_steps, outbox)
 
     async def _deliver_call(

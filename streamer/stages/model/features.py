@@ -94,6 +94,8 @@ class Raw(Features):
     of them only those before the stream's ``samples`` real ones when that is known.
     """
 
+    cheap = True
+
     name = "raw"
 
     def __init__(

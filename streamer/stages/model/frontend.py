@@ -74,6 +74,9 @@ class Features:
 
     name: ClassVar[str]
     media: ClassVar[Media | None] = None
+    #: a step costs about as much as handing it to a thread (``raw``: a reshape): the
+    #: stage computes it on the event loop, saving a round trip to its worker per batch
+    cheap: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._shape: tuple[int, ...] | None = None

@@ -138,14 +138,16 @@ class ModelStage(ModelCalls):
 
     def _skip_late(self, items: list[Any]) -> list[Any]:
         """Realtime with a latency budget: each frame too old for its output to come within
-        the budget (older than the budget less the last model call's time) becomes a gap,
+        the budget (older than the budget less a call's expected time: the shortest of the
+        last eight) becomes a gap,
         ``reason = "deadline"`` (a stream's run of them one gap), so the stage waits for a
         fresh frame instead; the gap's state handling is ``on_gap``'s, as for any gap. A
         model slower than the budget cannot keep any output within it: then only frames
         older than the budget itself are skipped (the stage never starves)."""
         assert self.settings.latency_budget_ms is not None
         budget = self.settings.latency_budget_ms / 1000.0
-        call = self._call_s if self._call_s < budget else 0.0
+        expected = min(self._calls_s, default=0.0)
+        call = expected if expected < budget else 0.0
         oldest = self.clock.now() - budget + call
         kept: list[Any] = []
         open_gap: dict[str, int] = {}  # stream -> position in kept of its trailing gap
@@ -234,14 +236,20 @@ class ModelStage(ModelCalls):
 
     async def _frames(self, frames: list[Frame], outbox: Channel[Any]) -> None:
         """Features for a run of frames, computed on the worker thread (log-mel is not free
-        and must not hold up the event loop). A frame holding NaN or Inf splits the run, so
+        and must not hold up the event loop; a ``cheap`` front-end such as ``raw`` runs
+        here instead). A frame holding NaN or Inf splits the run, so
         that its gap falls between the right frames."""
         for frame in frames:
             if frame.stream not in self._streams:  # a stream whose start marker never came
                 self._start(_start_of(frame, frame.stream))
         start = 0
+        # (the first run goes to the worker: it also checks the model on its first step)
+        inline = self._checked and all(self._streams[f.stream].features.cheap for f in frames)
         while start < len(frames):
-            done = await self.worker.call(self._featurize, frames, start)
+            if inline:  # a reshape: cheaper here than a round trip to the worker
+                done = self._featurize(frames, start)
+            else:
+                done = await self.worker.call(self._featurize, frames, start)
             start += done
             if start < len(frames):
                 await self._invalid(frames[start], outbox)
@@ -249,7 +257,8 @@ class ModelStage(ModelCalls):
 
     def _featurize(self, frames: list[Frame], start: int) -> int:
         """Push ``frames[start:]`` through their streams up to the first invalid frame;
-        returns how many were pushed. Runs on the worker thread."""
+        returns how many were pushed. Runs on the worker thread (for a ``cheap``
+        front-end, once the model was checked, on the event loop)."""
         stop = _first_invalid(frames, start)
         at = start
         while at < stop:  # one front-end call per run of one stream's frames
