@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,14 +70,16 @@ class OutputBlock:
             self.late = over.tolist() if over.any() else None
         self._outputs = None
 
+    def _stamps(self) -> tuple[Sequence[float | None], Sequence[bool]]:
+        """Each row's latency (None until stamped) and whether it is late."""
+        return self.latency_ms or [None] * len(self), self.late or [False] * len(self)
+
     def outputs(self) -> list[Output]:
         """The rows as :class:`Output` objects (built once, on first use)."""
         if self._outputs is None:
             names = self.names
-            n = len(self)
-            latency = self.latency_ms or [None] * n
-            late = self.late or [False] * n
-            t0, t1 = self.t0 or [None] * n, self.t1 or [None] * n
+            latency, late = self._stamps()
+            t0, t1 = self.t0 or [None] * len(self), self.t1 or [None] * len(self)
             self._outputs = [
                 Output(
                     stream,
@@ -127,8 +129,7 @@ class OutputBlock:
         ensure_ascii=False)`` gives each output, in one pass over the columns."""
         kind = _text(self.kind)
         keys = [f"{_text(name)}: " for name in self.names]
-        latency = self.latency_ms or [None] * len(self)
-        late = self.late or [False] * len(self)
+        latency, late = self._stamps()
         texts: dict[str, str] = {}
         number = repr if bool(np.isfinite(self.scores).all()) else _number
         lines = []
@@ -151,38 +152,25 @@ class OutputBlock:
                 f'{{"kind": {kind}, "stream": {name}, "start": {int(start)}, "end": {int(end)},'
                 f' "pts": {_number(pts)}, "label": {_label(label, texts)}, "scores": {{{scores}}},'
                 f' "latency_ms": {"null" if lat is None else _number(lat)}'
-                f"{', ' + chr(34) + 'late' + chr(34) + ': true' if is_late else ''}}}\n"
+                f"{_LATE if is_late else ''}}}\n"
             )
         return "".join(lines)
 
 
-def concat(blocks: Sequence[OutputBlock]) -> OutputBlock:
-    """One block of ``blocks`` (of one kind and score columns), rows in order."""
-    first = blocks[0]
-    if len(blocks) == 1:
-        return first
-    return OutputBlock(
-        first.kind,
-        first.names,
-        [s for b in blocks for s in b.streams],
-        [s for b in blocks for s in b.starts],
-        [e for b in blocks for e in b.ends],
-        [p for b in blocks for p in b.pts],
-        [label for b in blocks for label in b.labels],
-        np.concatenate([b.scores for b in blocks]),
-        [c for b in blocks for c in b.captured],
-        _joined([b.t0 for b in blocks], [len(b) for b in blocks]),
-        _joined([b.t1 for b in blocks], [len(b) for b in blocks]),
-    )
+def as_outputs(items: Iterable[object]) -> list[Output]:
+    """The outputs among ``items`` (anything else, such as markers, left out), each
+    block's rows as :class:`Output` objects: what a sink that takes outputs one by one
+    receives."""
+    out: list[Output] = []
+    for item in items:
+        if isinstance(item, OutputBlock):
+            out += item.outputs()
+        elif isinstance(item, Output):
+            out.append(item)
+    return out
 
 
-def _joined(
-    columns: list[Sequence[float | None] | None], lengths: list[int]
-) -> list[float | None] | None:
-    """Optional columns of several blocks as one (None where no block has it)."""
-    if all(c is None for c in columns):
-        return None
-    return [v for c, n in zip(columns, lengths, strict=True) for v in (c or [None] * n)]
+_LATE = ', "late": true'  # a late row's last key (Output.to_json adds it only then)
 
 
 def _text(value: str) -> str:

@@ -94,7 +94,6 @@ class Metrics:
 
     def on_output(self, output: Output) -> None:
         """An output is handed to the sinks (its latency already stamped)."""
-        now = self.clock.now()
         self.outputs += 1
         counts = self._stream(output.stream)
         counts.outputs += 1
@@ -102,15 +101,12 @@ class Metrics:
             counts.late += 1
         if output.latency_ms is not None:
             self.latencies_ms.append(output.latency_ms)
-        if self.first_output is None:
-            self.first_output = now
-        self.last_output = now
+        self._output_now()
 
     def on_block(self, block: OutputBlock) -> None:
         """A block of outputs is handed to the sinks (its latencies already stamped)."""
         if not len(block):
             return
-        now = self.clock.now()
         self.outputs += len(block)
         streams = block.streams
         first = streams[0]
@@ -125,6 +121,11 @@ class Metrics:
                     self._stream(stream).late += 1
         if block.latency_ms is not None:
             self.latencies_ms.extend(v for v in block.latency_ms if v is not None)
+        self._output_now()
+
+    def _output_now(self) -> None:
+        """Outputs left now: the first and last output times (``fps_out``)."""
+        now = self.clock.now()
         if self.first_output is None:
             self.first_output = now
         self.last_output = now

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from streamer.blocks import OutputBlock
+from streamer.blocks import OutputBlock, as_outputs
 from streamer.channels import Channel, Policy
 from streamer.clock import Clock, RealClock
 from streamer.collector import run_heap
@@ -396,12 +396,12 @@ class Pipeline:
                     if skip:
                         pass
                     elif batched and (len(items) > 1 or isinstance(first, OutputBlock)):
-                        await cast(BatchSink, sink).send_many(items if blocks else _expand(items))
-                    elif isinstance(first, OutputBlock):
-                        for output in first.outputs():
-                            await sink.send(output)
+                        await cast(BatchSink, sink).send_many(
+                            items if blocks else as_outputs(items)
+                        )
                     else:
-                        await sink.send(first)
+                        for output in as_outputs(items):
+                            await sink.send(output)
                 except BrokenPipeError:
                     skip = True
                     self.stop("broken-pipe")
@@ -457,13 +457,6 @@ class Pipeline:
             else:
                 metrics.on_output(item)
                 self._counted += 1
-
-
-def _expand(items: list[Output | OutputBlock]) -> list[Output | OutputBlock]:
-    """``items`` with each block's rows as :class:`Output` objects."""
-    return [
-        o for item in items for o in (item.outputs() if isinstance(item, OutputBlock) else [item])
-    ]
 
 
 def _rows(item: Output | OutputBlock) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.blocks import as_outputs as as_outputs
 from streamer.clock import Clock, VirtualClock
 from streamer.frames import Frame, Gap, Item, Output, StreamEnd, StreamInfo, StreamStart
 from streamer.pipeline import Mode, Pipeline
@@ -109,20 +110,6 @@ def declare_streams(items: Sequence[Item]) -> list[StreamInfo]:
             )
         )
     return infos
-
-
-def as_outputs(items: Sequence[Any]) -> list[Output]:
-    """The outputs among a stage's items (markers left out), each block's rows as
-    :class:`Output` objects: what a sink that takes outputs one by one receives."""
-    from streamer.blocks import OutputBlock
-
-    out: list[Output] = []
-    for item in items:
-        if isinstance(item, OutputBlock):
-            out += item.outputs()
-        elif isinstance(item, Output):
-            out.append(item)
-    return out
 
 
 class CaptureSink:

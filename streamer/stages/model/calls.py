@@ -13,7 +13,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -121,7 +121,7 @@ class ModelCalls:
                 self.model,
                 self.store,
                 batch,
-                self.clock.now(),
+                called,
                 max_batch=self.settings.max_batch,
             )
             self._calls_s.append(self.clock.now() - called)
@@ -147,7 +147,7 @@ class ModelCalls:
             if plain is None:
                 await self._send(ctx.deliver(y, steps[stream]), outbox)
                 continue
-            head = head or cast(FrameHead, ctx.head)
+            head = head or ctx.block_head
             rows.append(y.detach().cpu())
             paired += plain
             streams += [stream] * len(plain)

@@ -170,33 +170,8 @@ class FrameHead:
         self.labeler = labeler or Labeler(labels)
 
     def push(self, y: Tensor, steps: Sequence[Step]) -> list[Output]:
-        """``y [T, K]`` -> T ``frame`` outputs."""
-        _check(y, steps)
-        labels = self.scorer.labels
-        scored = self.scorer(y)
-        rows = scored.tolist()  # one conversion, not one per row
-        if self.labeler.labels == labels:  # the labels of all rows at once
-            chosen = self.labeler.rows(scored)
-        else:
-            chosen = [self.labeler(dict(zip(labels, row, strict=True))) for row in rows]
-        stream = self.stream
-        return [
-            Output(
-                stream,
-                "frame",
-                step.index,
-                step.index,
-                step.pts,
-                label,
-                dict(zip(labels, row, strict=True)),
-                step.captured,
-                None,
-                step.pts,
-                step.end,
-                {},
-            )
-            for step, row, label in zip(steps, rows, chosen, strict=True)
-        ]
+        """``y [T, K]`` -> T ``frame`` outputs (:meth:`block`'s rows)."""
+        return self.block(y, steps).outputs()
 
     def block(
         self, y: Tensor, steps: Sequence[Step], streams: Sequence[str] | None = None
@@ -207,7 +182,7 @@ class FrameHead:
         _check(y, steps)
         labels = self.scorer.labels
         scored = self.scorer(y)
-        if self.labeler.labels == labels:
+        if self.labeler.labels == labels:  # the labels of all rows at once
             chosen = self.labeler.rows(scored)
         else:
             chosen = [self.labeler(dict(zip(labels, r, strict=True))) for r in scored.tolist()]

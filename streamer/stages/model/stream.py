@@ -116,19 +116,24 @@ class ModelStream:
         self._waiting.clear()
 
     # -- outputs -----------------------------------------------------------------------
+    @property
+    def block_head(self) -> FrameHead | None:
+        """The head when its rows go out as output blocks (a frame head, no smoothing)."""
+        return self.head if isinstance(self.head, FrameHead) and self.smoother is None else None
+
     def take_plain(self, rows: int, steps: Sequence[Step]) -> list[Step] | None:
-        """The steps of the model's next ``rows`` rows for the chunk of ``steps``, taken as
-        :meth:`deliver` would pair them, when nothing lies between: every row has its step,
-        no lookahead row to drop, no gap waiting, a frame head without smoothing. Then the
-        stage scores these rows together with other streams' (one block for the call);
-        otherwise None, and nothing changes (use :meth:`deliver`)."""
-        if (
-            self._skip
-            or self._gap_marks
-            or self.smoother is not None
-            or not isinstance(self.head, FrameHead)
-            or len(self._waiting) + len(steps) < rows
-        ):
+        """The steps of the model's next ``rows`` rows for the chunk of ``steps``, paired
+        as :meth:`deliver` pairs them, when this stream's rows go out as blocks and nothing
+        lies between them (:meth:`_paired`). Then the stage scores these rows together
+        with other streams' (one block for the call); otherwise None, and nothing changes
+        (use :meth:`deliver`)."""
+        return self._paired(rows, steps) if self.block_head is not None else None
+
+    def _paired(self, rows: int, steps: Sequence[Step]) -> list[Step] | None:
+        """The common case: with ``steps`` waiting too, every one of the next ``rows`` rows
+        has its step and no lookahead row or gap falls between them; their steps, taken.
+        Otherwise None, and nothing changes."""
+        if self._skip or self._gap_marks or len(self._waiting) + len(steps) < rows:
             return None
         self._waiting.extend(steps)
         self._delivered += rows
@@ -138,16 +143,14 @@ class ModelStream:
         """The model's rows ``y [T, K]`` for the chunk of ``steps`` (``[]``: lookahead
         zero steps): pair them with their steps (lookahead shift) and run the head; kept
         gaps reach the head between the rows of the steps before and after them."""
-        self._waiting.extend(steps)
         y = y.detach().cpu()
-        if not self._skip and not self._gap_marks and len(self._waiting) >= len(y):
-            # the common case: every row has its step and no gap falls between them
-            n = len(y)
-            self._delivered += n
-            chunk = [self._waiting.popleft() for _ in range(n)]
-            if self.smoother is None and isinstance(self.head, FrameHead):
-                return [self.head.block(y, chunk)]  # the hot path: rows as one block
+        chunk = self._paired(len(y), steps)
+        if chunk is not None:
+            head = self.block_head
+            if head is not None:
+                return [head.block(y, chunk)]  # the hot path: rows as one block
             return self._emit(self.head.push(y, chunk))
+        self._waiting.extend(steps)
         out: list[Emit] = []
         rows: list[Tensor] = []
         paired: list[Step] = []
