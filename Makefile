@@ -17,9 +17,10 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 # OpenCV needs libGL; FFmpeg decodes; PortAudio captures microphones. The tests also run a
-# private PulseAudio server as a virtual microphone.
+# private PulseAudio server as a virtual microphone, and a private mosquitto broker (its
+# clients, and openssl for the TLS tests' certificates).
 APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg libportaudio2
-TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils
+TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils mosquitto mosquitto-clients openssl
 
 .PHONY: demo test train bench lint typecheck pytest system-deps venv clean
 
