@@ -34,6 +34,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_silero.py", ["--minutes", "3", "--streams", "32", "--seconds", "4"]),
     ("bench_motion.py", ["--frames", "300", "--seconds", "5"]),
     ("bench_live.py", ["--camera-seconds", "5", "--bare-seconds", "3", "--mic-seconds", "5"]),
+    ("bench_mqtt_source.py", ["--audio-frames", "2000", "--video-frames", "200"]),
+    ("bench_mqtt.py", []),
 ]
 TIMEOUT_S = 240
 

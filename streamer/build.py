@@ -29,10 +29,12 @@ from streamer.errors import InputError
 from streamer.frames import Frame, StreamInfo
 from streamer.metrics import Metrics
 from streamer.models import load_model
+from streamer.mqtt.broker import options_from_url
 from streamer.pipeline import Pipeline
 from streamer.safety import add_cwd_to_path, factory_input, source_inputs
 from streamer.sinks import SINKS, Sink
 from streamer.sinks.base import SINK_CAPACITY, Delivery, SinkContext, default_delivery
+from streamer.sinks.mqtt import MqttSinkConfig
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stages import Stage, ThresholdStage
 from streamer.stages.model import ModelSettings, ModelStage, dry_check
@@ -54,6 +56,7 @@ class Overrides:
     quiet: bool = False
     video_out: str | None = None
     preview: bool = False
+    mqtt: tuple[str, ...] = ()  # --mqtt URL: one MQTT sink each
     origin: str = "command line"
 
 
@@ -114,6 +117,9 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
             video[0]["path"] = overrides.video_out
         if overrides.preview:
             video[0]["preview"] = True
+    for url in overrides.mqtt:
+        mqtt = options_from_url(url, "--mqtt", MqttSinkConfig, type="mqtt")
+        sinks.append(mqtt.model_dump(exclude_unset=True))
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
     changes[("sinks", "")] = sinks
@@ -122,7 +128,7 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
 
 def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
     """How errors name each sink: the flag that made or changed it (``--out``,
-    ``--video-out``, ``--preview``), else ``[[sinks]] #N``."""
+    ``--video-out``, ``--preview``, ``--mqtt``), else ``[[sinks]] #N``."""
     names: list[str] = []
     out_named = video_named = False
     for number, sink in enumerate(config.sinks, start=1):
@@ -135,6 +141,8 @@ def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
                 name, video_named = "--video-out", True
             elif overrides.preview and sink.preview and sink.path is None:
                 name, video_named = "--preview", True
+        elif isinstance(sink, MqttSinkConfig) and sink.url in overrides.mqtt:
+            name = "--mqtt"
         names.append(name)
     return names
 

@@ -1,4 +1,4 @@
-"""The ``streamer`` command: ``run`` a pipeline, ``record`` a source.
+"""The ``streamer`` command: ``run`` a pipeline, ``record`` a source, ``publish`` it to MQTT.
 
 Exit codes: 0 success (also after a drained Ctrl-C), 1 runtime failure, 2 bad input,
 130 aborted by a second Ctrl-C. Errors are one line on stderr; ``--debug`` adds the
@@ -157,6 +157,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show the annotated video in a window (needs a display)",
     )
+    run.add_argument(
+        "--mqtt",
+        action="append",
+        metavar="URL",
+        help="publish outputs as JSON to an MQTT broker: mqtt[s]://HOST[:PORT][/TOPIC]"
+        "[?qos=1&retain=true&ca=...&password_env=VAR]; the topic may name {stream},"
+        " {kind}, {label} (default streamer/{stream}/{kind}); repeat it for several",
+    )
     run.add_argument("--duration", type=float, help="stop after S seconds of media time")
     run.add_argument("--max-frames", type=int, help="stop after N input frames")
     run.add_argument("--metrics", help="write the run summary as JSON to this file")
@@ -189,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--debug", action="store_true", help="show tracebacks")
     record.set_defaults(handler=_record)
+
+    _add_publish_parser(commands)
 
     devices = commands.add_parser("devices", help="list microphones and cameras")
     devices.add_argument("--json", action="store_true", help="print the listing as JSON")
@@ -267,6 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         video_out=args.video_out,
         preview=args.preview,
+        mqtt=tuple(args.mqtt or ()),
         origin=args.pipeline or "--source",
     )
     config = apply_overrides(config, overrides)
@@ -441,6 +452,92 @@ def _parse_size(text: str) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise InputError(f"--size: expected positive sizes, got {text!r}")
     return width, height
+
+
+# -- publish (a source's frames to an MQTT broker) ----------------------------------------
+def _add_publish_parser(commands: Any) -> None:
+    publish = commands.add_parser(
+        "publish", help="send a source's frames to an MQTT broker (for an mqtt:// source)"
+    )
+    publish.add_argument("source", help="source URI (file, recording:, camera:, mic:, ...)")
+    publish.add_argument(
+        "url",
+        help="mqtt[s]://HOST[:PORT][/TOPIC][?qos=1&ca=...&password_env=VAR]; the topic may"
+        " name {stream} (default streamer/frames/{stream})",
+    )
+    publish.add_argument("--duration", type=float, help="seconds of media time per stream")
+    publish.add_argument("--max-frames", type=int, help="frames per stream to publish")
+    publish.add_argument("--rate", type=float, help="audio: resample to Hz; video: fps")
+    publish.add_argument("--chunk", type=int, default=512, help="audio: samples per frame")
+    publish.add_argument("--size", help="video: resize to WxH")
+    publish.add_argument("--mono", action="store_true", help="audio: mix down to one channel")
+    publish.add_argument(
+        "--pace",
+        choices=["realtime", "fast"],
+        default="realtime",
+        help="realtime (default): a file is published at its own pace, as a device would"
+        " send it; fast: as fast as the broker takes it",
+    )
+    publish.add_argument("--debug", action="store_true", help="show tracebacks")
+    publish.set_defaults(handler=_publish)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    """``streamer publish``: the first SIGINT or SIGTERM ends the open streams (their end
+    messages are sent) and stops; a second aborts (exit 130)."""
+    from streamer.clock import RealClock
+    from streamer.config import source_from_flags
+    from streamer.mqtt.publish import publish, publish_target
+    from streamer.sources import SourceOptions, open_source
+
+    if args.duration is not None and not args.duration > 0:
+        raise InputError(f"--duration: must be > 0 seconds, got {args.duration}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames: must be >= 1, got {args.max_frames}")
+    broker, qos = publish_target(args.url)
+    size = _parse_size(args.size) if args.size else None
+    checked = source_from_flags(
+        {"uri": args.source, "rate": args.rate, "chunk": args.chunk, "size": size},
+        {"uri": "SOURCE", "rate": "--rate", "chunk": "--chunk", "size": "--size"},
+    )
+    options = SourceOptions(
+        rate=checked.rate,
+        chunk=checked.chunk,
+        size=checked.size,
+        mono=args.mono,
+        pace=args.pace,
+        overflow="drop-oldest",
+    )
+
+    async def go() -> Any:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        stop = asyncio.Event()
+        interrupts = _Interrupts("ending the streams", stop.set, main_task.cancel)
+        source = open_source(args.source, options, RealClock())
+        try:
+            with interrupts:
+                return await publish(
+                    source,
+                    broker,
+                    qos=qos,
+                    duration=args.duration,
+                    max_frames=args.max_frames,
+                    stop=stop,
+                )
+        except asyncio.CancelledError:
+            if not interrupts.aborted:
+                raise
+            return None
+        finally:
+            await source.aclose()
+
+    summary = asyncio.run(go())
+    if summary is None:
+        print("streamer: aborted", file=sys.stderr)
+        return EXIT_ABORTED
+    print(summary.line(broker, qos))
+    return EXIT_OK
 
 
 # -- plot (a JSONL output file as a timeline figure) ---------------------------------------

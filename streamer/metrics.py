@@ -15,7 +15,7 @@ frame, ``frames_in = outputs + dropped``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +56,14 @@ class Metrics:
     #: each sink's edge with its delivery (outputs, not frames: their drops are the
     #: summary's ``sinks``, not its ``dropped``)
     sink_edges: list[tuple[Channel[Any], Delivery]] = field(default_factory=list)
+    #: sources that count what they received and skipped (``report()``; the MQTT source),
+    #: by name: the summary's ``sources``
+    source_reports: dict[str, Callable[[], dict[str, int]]] = field(default_factory=dict)
     #: sinks dropped from the run after a failure (``on_error = "drop"``) -> the error
     failed_sinks: dict[str, str] = field(default_factory=dict)
+    #: a sink's own figures by sink name, merged into its ``sinks`` section (its
+    #: ``dropped`` adds to the edge's: the MQTT sink's buffer overflow and unsent outputs)
+    sink_reports: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     frames_in: int = 0
     outputs: int = 0
     started: float | None = None
@@ -76,6 +82,13 @@ class Metrics:
 
     def start(self) -> None:
         self.started = self.clock.now()
+
+    def watch_sources(self, sources: Sequence[object]) -> None:
+        """Report the counts of every source that keeps them (a ``report()`` method)."""
+        for source in sources:
+            report = getattr(source, "report", None)
+            if callable(report):
+                self.source_reports[str(getattr(source, "name", source))] = report
 
     def finish(self) -> None:
         self.finished = self.clock.now()
@@ -167,6 +180,11 @@ class Metrics:
             }
             for edge, delivery in self.sink_edges
         }
+        for name, report in self.sink_reports.items():
+            if name in sinks:
+                own = dict(report())
+                sinks[name]["dropped"] += own.pop("dropped", 0)
+                sinks[name].update(own)
         overflow: dict[str, int] = {}  # frames displaced by latest edges, per stream
         for channel in self.channels:
             for stream, count in channel.stats.dropped_by_stream.items():
@@ -210,6 +228,11 @@ class Metrics:
                 for name, c in self.streams.items()
             },
             **{k: v for reporter in self.reporters for k, v in reporter().items()},
+            **(
+                {"sources": {name: report() for name, report in self.source_reports.items()}}
+                if self.source_reports
+                else {}
+            ),
         }
 
 
@@ -264,12 +287,30 @@ def format_summary(summary: dict[str, Any]) -> str:
             delay = "" if seconds is None else f" = {seconds * 1000:.0f} ms"
             line += f", declared lookahead delay {summary['lookahead_frames']} steps{delay}"
         lines.append(line)
+    for name, counts in summary.get("sources", {}).items():
+        skipped = {k: n for k, n in counts.items() if n and k not in ("received", "frames")}
+        if skipped:
+            what = ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in skipped.items())
+            lines.append(f"{name}: received {counts.get('received', 0)}, {what}")
     sink_edges = {f"fanout>{name}" for name in summary.get("sinks", {})}
     for name, edge in summary["edges"].items():
         if edge["dropped"] and name not in sink_edges:
             lines.append(f"edge {name} ({edge['policy']}): dropped {edge['dropped']}")
     for name, sink in summary.get("sinks", {}).items():
-        if sink["dropped"]:
+        if "published" in sink:  # a sink with a buffer of its own (MQTT)
+            own = {
+                "buffer full": sink.get("overflow", 0),
+                "unsent at close": sink.get("unsent", 0),
+                "topic refused": sink.get("rejected", 0),
+            }
+            why = {"by its edge": sink["dropped"] - sum(own.values()), **own}
+            detail = ", ".join(f"{n} {k}" for k, n in why.items() if n)
+            lines.append(
+                f"{name}: published {sink['published']}, dropped {sink['dropped']} outputs"
+                + (f" ({detail})" if detail else "")
+                + f", buffer peak {sink.get('buffer_peak', 0)} messages"
+            )
+        elif sink["dropped"]:
             lines.append(f"{name} ({sink['policy']}): dropped {sink['dropped']} outputs")
         if sink["failed"]:
             lines.append(f"{name} failed and was dropped from the run: {sink['failed']}")

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from mosquitto import Certificates, Mosquitto, make_certificates
 
 REPO = Path(__file__).resolve().parent.parent

@@ -144,6 +144,8 @@ def test_the_sink_types_of_the_pipeline_file_are_the_registered_ones() -> None:
             table["path"] = "out.jsonl"
         if name == "video":
             table["path"] = "out.mp4"
+        if name == "mqtt":
+            table["url"] = "mqtt://localhost/streamer/{stream}"
         config = parse_config({"source": {"uri": "x"}, "sinks": [table]})
         assert isinstance(config.sinks[0], SINKS.get(name).options)
     with pytest.raises(InputError, match="'console', 'jsonl', 'video'"):

@@ -622,13 +622,6 @@ async def test_open_source_probes_unknown_extensions(unlabelled: tuple[Path, Pat
     assert len(frames_of(await collect(video))) == 30
 
 
-@pytest.mark.parametrize("uri", ["mqtt://localhost:1883/topic"])  # camera:, mic: exist now
-def test_open_source_not_yet(uri: str) -> None:
-    with pytest.raises(InputError, match="not available") as info:
-        open_source(uri, OPTIONS, RealClock())
-    assert uri in str(info.value)
-
-
 def test_open_source_bad_uris(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown source scheme") as info:
         open_source("rtsp://example/stream", OPTIONS, RealClock())

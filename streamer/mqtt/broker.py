@@ -138,6 +138,13 @@ class Broker:
         password)."""
         return f"{self.label}: {describe(exc, self.timeout)}"
 
+    def cannot_connect(self, exc: BaseException) -> str:
+        """One line for a first connection that failed: host, port and time-out named."""
+        return (
+            f"{self.label}: cannot connect (host {self.host}, port {self.port}, time-out"
+            f" {self.timeout:g} s): {describe(exc, self.timeout)}"
+        )
+
 
 def describe(exc: BaseException, timeout: float) -> str:
     """What went wrong with a connection, in words (an aiomqtt, socket or TLS error)."""
@@ -154,7 +161,10 @@ def describe(exc: BaseException, timeout: float) -> str:
         return f"TLS: {_why(cause)}"
     rc = getattr(exc, "rc", None)
     code = getattr(rc, "value", rc)
-    if code in (4, 5, 134, 135):  # bad user name or password / not authorised (3.1.1, 5)
+    # a CONNACK's code (a paho ReasonCode), not paho's own error numbers (4: not connected,
+    # 5: connection refused, 7: connection lost...), which are ints
+    connack = type(exc).__name__ == "MqttConnectError" or not isinstance(rc, int | None)
+    if connack and code in (4, 5, 134, 135):  # bad user name or password / not authorised
         return "not authorised: wrong username or password"
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "refused" in text.lower() and code is None:

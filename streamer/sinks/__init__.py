@@ -9,10 +9,12 @@ from streamer.sinks.base import SINKS, FrameSink, Sink, SinkKind
 from streamer.sinks.callback import CallbackSink
 from streamer.sinks.console import ConsoleSink, ConsoleSinkConfig, build_console
 from streamer.sinks.jsonl import JsonlSink, JsonlSinkConfig, build_jsonl
+from streamer.sinks.mqtt import MqttSinkConfig, build_mqtt
 from streamer.sinks.video import VideoSinkConfig, build_video
 
 SINKS.register("console", SinkKind(ConsoleSinkConfig, build_console))
 SINKS.register("jsonl", SinkKind(JsonlSinkConfig, build_jsonl))
 SINKS.register("video", SinkKind(VideoSinkConfig, build_video))
+SINKS.register("mqtt", SinkKind(MqttSinkConfig, build_mqtt))
 
 __all__ = ["SINKS", "CallbackSink", "ConsoleSink", "FrameSink", "JsonlSink", "Sink", "SinkKind"]

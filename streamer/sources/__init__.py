@@ -2,8 +2,9 @@
 
 Accepted URIs: a file path (audio or video, by extension), ``file:PATH``, ``recording:PATH``
 (or a directory holding ``meta.json``), ``synthetic:KIND?key=value&...``, ``camera:N`` or
-``camera:URL`` (OpenCV), ``mic:``, ``mic:INDEX`` or ``mic:NAME`` (PortAudio). ``mqtt://`` is
-reserved for a source this version does not have yet.
+``camera:URL`` (OpenCV), ``mic:``, ``mic:INDEX`` or ``mic:NAME`` (PortAudio),
+``mqtt://HOST[:PORT]/TOPIC`` or ``mqtts://...`` (frames from an MQTT broker,
+:mod:`streamer.mqtt.source`).
 
 Each URI scheme is a registered :class:`~streamer.sources.base.SourceKind` (the lines
 after the imports): the function that opens it, named as ``"module:function"`` and imported
@@ -42,7 +43,6 @@ ACCEPTED_FORMS = (
     "file:PATH, recording:PATH (or a recording directory with meta.json), "
     "synthetic:KIND?key=value (tone, noise, silence, shapes), camera:N, mic:, mqtt://host/topic"
 )
-_NOT_YET = {"mqtt://": "MQTT", "mqtts://": "MQTT"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 SOURCES.register("synthetic", SourceKind("streamer.sources.synthetic:SyntheticSource"))
@@ -50,6 +50,8 @@ SOURCES.register("camera", SourceKind("streamer.sources.camera:open_camera"))
 SOURCES.register("mic", SourceKind("streamer.sources.microphone:open_microphone"))
 SOURCES.register("recording", SourceKind("streamer.sources:open_recording", local=True))
 SOURCES.register("file", SourceKind("streamer.sources:open_file", local=True))
+SOURCES.register("mqtt", SourceKind("streamer.mqtt.source:open_mqtt"))
+SOURCES.register("mqtts", SourceKind("streamer.mqtt.source:open_mqtt"))
 
 
 def _kind(uri: str) -> tuple[str, SourceKind] | None:
@@ -63,8 +65,6 @@ def _kind(uri: str) -> tuple[str, SourceKind] | None:
 def uri_path(uri: str) -> Path | None:
     """The local file or folder a URI reads (``PATH``, ``file:PATH``, ``file://PATH``,
     ``recording:PATH``), or None for generated media, devices and network sources."""
-    if uri.startswith(tuple(_NOT_YET)):
-        return None
     kind = _kind(uri)
     if kind is not None and not kind[1].local:
         return None
@@ -79,9 +79,6 @@ def open_source(uri: str, options: SourceOptions, clock: Clock) -> Source:
     Cheap checks (the file exists, is readable, decodes) happen here, so bad input is
     refused before a pipeline starts.
     """
-    for prefix, what in _NOT_YET.items():
-        if uri.startswith(prefix):
-            raise InputError(f"{uri}: {what} sources are not available in this version of streamer")
     kind = _kind(uri)
     if kind is not None:
         return kind[1].open(uri, options, clock)
