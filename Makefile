@@ -20,7 +20,7 @@ TORCH_INDEX ?=
 # private PulseAudio server as a virtual microphone, and a private mosquitto broker (its
 # clients, and openssl for the TLS tests' certificates).
 APT_PACKAGES := libgl1 libglib2.0-0 ffmpeg libportaudio2
-TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils mosquitto mosquitto-clients openssl
+TEST_APT_PACKAGES := $(APT_PACKAGES) pulseaudio pulseaudio-utils mosquitto mosquitto-clients openssl chromium chromium-driver
 
 .PHONY: demo test train bench lint typecheck pytest system-deps venv clean
 

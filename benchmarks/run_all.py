@@ -36,6 +36,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_live.py", ["--camera-seconds", "5", "--bare-seconds", "3", "--mic-seconds", "5"]),
     ("bench_mqtt_source.py", ["--audio-frames", "2000", "--video-frames", "200"]),
     ("bench_mqtt.py", []),
+    ("bench_web.py", []),
 ]
 TIMEOUT_S = 240
 

@@ -57,6 +57,7 @@ class Overrides:
     video_out: str | None = None
     preview: bool = False
     mqtt: tuple[str, ...] = ()  # --mqtt URL: one MQTT sink each
+    serve: str | None = None  # --serve [HOST:]PORT: the live view (a web sink)
     origin: str = "command line"
 
 
@@ -120,6 +121,12 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
     for url in overrides.mqtt:
         mqtt = options_from_url(url, "--mqtt", MqttSinkConfig, type="mqtt")
         sinks.append(mqtt.model_dump(exclude_unset=True))
+    if overrides.serve is not None:
+        web = [s for s in sinks if s["type"] == "web"]
+        if web:
+            web[0]["bind"] = overrides.serve
+        else:
+            sinks.append({"type": "web", "bind": overrides.serve})
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
     changes[("sinks", "")] = sinks
@@ -128,9 +135,9 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
 
 def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
     """How errors name each sink: the flag that made or changed it (``--out``,
-    ``--video-out``, ``--preview``, ``--mqtt``), else ``[[sinks]] #N``."""
+    ``--video-out``, ``--preview``, ``--mqtt``, ``--serve``), else ``[[sinks]] #N``."""
     names: list[str] = []
-    out_named = video_named = False
+    out_named = video_named = web_named = False
     for number, sink in enumerate(config.sinks, start=1):
         name = f"[[sinks]] #{number}"
         if isinstance(sink, JsonlSinkConfig) and not out_named and overrides.out is not None:
@@ -143,6 +150,13 @@ def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
                 name, video_named = "--preview", True
         elif isinstance(sink, MqttSinkConfig) and sink.url in overrides.mqtt:
             name = "--mqtt"
+        elif (
+            getattr(sink, "type", None) == "web"
+            and not web_named
+            and overrides.serve is not None
+            and getattr(sink, "bind", None) == overrides.serve
+        ):
+            name, web_named = "--serve", True
         names.append(name)
     return names
 

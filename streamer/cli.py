@@ -165,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
         "[?qos=1&retain=true&ca=...&password_env=VAR]; the topic may name {stream},"
         " {kind}, {label} (default streamer/{stream}/{kind}); repeat it for several",
     )
+    run.add_argument(
+        "--serve",
+        metavar="[HOST:]PORT",
+        help="show the run live in a browser: a page served on PORT (127.0.0.1 unless a"
+        " HOST is given; any other address needs a token, printed with the URL)",
+    )
     run.add_argument("--duration", type=float, help="stop after S seconds of media time")
     run.add_argument("--max-frames", type=int, help="stop after N input frames")
     run.add_argument("--metrics", help="write the run summary as JSON to this file")
@@ -207,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_pipelines_parser(commands)
     _add_plot_parser(commands)
+    _add_serve_parser(commands)
     return parser
 
 
@@ -258,6 +265,10 @@ def _run(args: argparse.Namespace) -> int:
         from streamer.sinks.video import check_video_path
 
         check_video_path(Path(args.video_out), "--video-out")
+    if args.serve is not None:  # a bad address is refused before the model loads
+        from streamer.web.bind import parse_bind
+
+        parse_bind(args.serve, "--serve")
     uris = [*(args.source or []), *(_read_sources(args.sources) if args.sources else [])]
     if args.pipeline is None and not uris:
         raise InputError("run: give a pipeline file or --source URI (see streamer run --help)")
@@ -278,6 +289,7 @@ def _run(args: argparse.Namespace) -> int:
         video_out=args.video_out,
         preview=args.preview,
         mqtt=tuple(args.mqtt or ()),
+        serve=args.serve,
         origin=args.pipeline or "--source",
     )
     config = apply_overrides(config, overrides)
@@ -578,6 +590,55 @@ def _plot(args: argparse.Namespace) -> int:
     )
     save_timeline(figure, out)
     print(f"wrote {out}")
+    return EXIT_OK
+
+
+# -- serve (a finished run's JSONL in the live view's page) --------------------------------
+def _add_serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="review a finished run in a browser: its JSONL file (and video)"
+    )
+    serve.add_argument("jsonl", help="JSONL output file of streamer run")
+    serve.add_argument("--video", metavar="FILE", help="the video the run read (frames shown)")
+    serve.add_argument("--stream", help="the stream the video is (default: the file's first)")
+    serve.add_argument(
+        "--bind", default="127.0.0.1:8080", metavar="[HOST:]PORT", help="default 127.0.0.1:8080"
+    )
+    serve.add_argument(
+        "--token-env", metavar="VAR", help="the token from this environment variable"
+    )
+    serve.add_argument("--history", type=float, default=30.0, help="seconds on the chart")
+    serve.add_argument("--debug", action="store_true", help="show tracebacks")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``streamer serve``: until SIGINT or SIGTERM."""
+    from streamer.web.review import review_server
+
+    server = review_server(
+        args.jsonl,
+        video=args.video,
+        stream=args.stream,
+        bind=args.bind,
+        token_env=args.token_env,
+        history_s=args.history,
+    )
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        await server.start()
+        server.announce("review")
+        try:
+            with _Interrupts("stopping", stop.set, main_task.cancel):
+                await stop.wait()
+        finally:
+            await server.stop()
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(go())
     return EXIT_OK
 
 

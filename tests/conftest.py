@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mosquitto import Certificates, Mosquitto, make_certificates
@@ -102,3 +103,23 @@ def tls_mosquitto(
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless Chromium (a selenium ``WebDriver``, see ``tests/browser.py``) for the
+    session; each test loads its own page. Missing: a skip locally, a failure in CI."""
+    from browser import browser_missing, make_driver
+
+    missing = browser_missing()
+    require(missing is None, missing or "")
+    driver = make_driver()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """The session's browser, left on a blank page after the test (no socket stays open)."""
+    yield browser
+    browser.get("about:blank")

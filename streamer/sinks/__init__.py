@@ -11,10 +11,12 @@ from streamer.sinks.console import ConsoleSink, ConsoleSinkConfig, build_console
 from streamer.sinks.jsonl import JsonlSink, JsonlSinkConfig, build_jsonl
 from streamer.sinks.mqtt import MqttSinkConfig, build_mqtt
 from streamer.sinks.video import VideoSinkConfig, build_video
+from streamer.sinks.web import WebSinkConfig, build_web
 
 SINKS.register("console", SinkKind(ConsoleSinkConfig, build_console))
 SINKS.register("jsonl", SinkKind(JsonlSinkConfig, build_jsonl))
 SINKS.register("video", SinkKind(VideoSinkConfig, build_video))
 SINKS.register("mqtt", SinkKind(MqttSinkConfig, build_mqtt))
+SINKS.register("web", SinkKind(WebSinkConfig, build_web))
 
 __all__ = ["SINKS", "CallbackSink", "ConsoleSink", "FrameSink", "JsonlSink", "Sink", "SinkKind"]

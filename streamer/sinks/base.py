@@ -80,9 +80,25 @@ def default_delivery(sink: Sink) -> Delivery:
     return Delivery(policy=policy)
 
 
+class _AllStreams(frozenset[str]):
+    """Holds every stream id, also of the streams that start during the run."""
+
+    def __contains__(self, stream: object) -> bool:
+        return isinstance(stream, str)
+
+    def __repr__(self) -> str:
+        return "ALL_STREAMS"
+
+
+#: ``frame_streams`` of a frame sink that sees every stream, also those a source learns
+#: only during the run (a network source's): the live view.
+ALL_STREAMS: frozenset[str] = _AllStreams()
+
+
 @runtime_checkable
 class FrameSink(Sink, Protocol):
-    """A sink that also sees the input frames of ``frame_streams`` (the annotated video).
+    """A sink that also sees the input frames of ``frame_streams`` (the annotated video;
+    :data:`ALL_STREAMS` for the live view).
 
     The pipeline's source pumps copy those streams' frames and markers into a bounded
     channel (the frame tap) that ``run_frames`` reads to its end, as its own task; the

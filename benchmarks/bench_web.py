@@ -1,0 +1,204 @@
+"""The live view's cost: a pipeline's throughput with the web sink and 20 connected
+browsers' worth of clients, against the same pipeline without it, as JSON.
+
+Run: ``.venv/bin/python benchmarks/bench_web.py [--seconds S] [--clients N] [--repeats R]``
+(about 40 s with the defaults, on a quiet machine).
+
+The pipeline: ``pipelines/webcam_labels.toml`` (the motion labeller: pixels front-end, a CNN
+and a GRU, torch on one thread) on the moving synthetic video
+(``synthetic:shapes?size=320x240&fps=30``, ``S`` seconds of it) in online mode at the fast
+pace (lossless, as fast as it goes), writing JSONL; throughput is its ``fps_out`` (outputs
+a second between the first and the last). With the web sink (``--serve 127.0.0.1:0``,
+defaults: 15 fps per stream, JPEG quality 80), ``N`` clients in ANOTHER process (so
+that they do not share the pipeline's event loop; they do share the machine's cores) each
+read the MJPEG stream and the WebSocket to the run's end; they connect before the run
+starts (the sink's socket listens from the build on). The two runs alternate ``R`` times,
+in turn first; the best of each is compared. Also reported: the CPU time of the pipeline's
+process per output with and without (what the view costs the run's own process, less
+sensitive to what else the machine runs than the throughput is).
+
+Target: the clients cost < 5% of the throughput (ratio with / without >= 0.95). Also
+reported: the frames and WebSocket messages the clients got, and the same comparison for
+the built-in brightness thresholder (a model that costs nearly nothing, so the view's own
+per-frame work shows most; no target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchlib import check, emit, loadavg, log  # noqa: E402
+
+TARGETS = {"with_view_vs_without_min": 0.95}
+PIPELINE = ROOT / "pipelines" / "webcam_labels.toml"
+SOURCE = "synthetic:shapes?size=320x240&fps=30&duration={seconds}"
+
+
+# -- the clients' process ------------------------------------------------------------------
+async def one_client(port: int, stream: str) -> dict[str, int]:
+    """Read the MJPEG stream and the WebSocket of the server on ``port`` to their end."""
+    import aiohttp
+
+    base = f"http://127.0.0.1:{port}"
+    counts = {"frames": 0, "ws_messages": 0, "bytes": 0}
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def video() -> None:
+            async with session.get(f"{base}/video/{stream}.mjpg") as response:
+                async for chunk in response.content.iter_any():
+                    counts["bytes"] += len(chunk)
+                    counts["frames"] += chunk.count(b"Content-Type: image/jpeg")
+
+        async def ws() -> None:
+            async with session.ws_connect(f"{base}/ws") as socket:
+                async for _message in socket:
+                    counts["ws_messages"] += 1
+
+        results = await asyncio.gather(video(), ws(), return_exceptions=True)
+        counts["errors"] = sum(isinstance(r, BaseException) for r in results)
+    return counts
+
+
+async def clients_main(count: int, stream: str) -> None:
+    """For each port read on stdin: ``count`` clients until the server ends; one JSON
+    line of what they got on stdout."""
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line.strip():
+            return
+        port = int(line)
+        got = await asyncio.gather(*(one_client(port, stream) for _ in range(count)))
+        print(json.dumps(got), flush=True)
+
+
+# -- the pipeline's process ------------------------------------------------------------------
+def run_once(
+    model: str, seconds: float, serve: bool, out: Path, clients: subprocess.Popen[str] | None
+) -> dict[str, Any]:
+    from streamer.build import Overrides, apply_overrides, build_pipeline
+    from streamer.config import load_config, parse_config
+
+    source = SOURCE.format(seconds=seconds)
+    if model == "motion":
+        config = load_config(str(PIPELINE))
+    else:
+        config = parse_config({"source": {"uri": source}, "model": {"builtin": "brightness"}}, "-")
+    overrides = Overrides(
+        sources=(source,),
+        mode="online",
+        pace="fast",
+        quiet=True,
+        out=str(out),
+        serve="127.0.0.1:0" if serve else None,
+    )
+    pipeline = build_pipeline(apply_overrides(config, overrides))
+    got: list[dict[str, int]] = []
+    if serve:
+        assert clients is not None and clients.stdin is not None and clients.stdout is not None
+        server = next(s for s in pipeline.sinks if hasattr(s, "server")).server  # type: ignore[attr-defined]
+        clients.stdin.write(f"{server.port}\n")
+        clients.stdin.flush()
+        time.sleep(0.5)  # they connect to the listening socket; served once the run starts
+    cpu = time.process_time()
+    summary = asyncio.run(pipeline.run())
+    cpu = time.process_time() - cpu
+    if serve:
+        assert clients is not None and clients.stdout is not None
+        got = json.loads(clients.stdout.readline())
+    return {
+        "fps_out": summary["fps_out"],
+        "outputs": summary["outputs"],
+        "elapsed_s": round(summary["elapsed_s"], 3),
+        "cpu_ms_per_output": round(1000 * cpu / max(1, summary["outputs"]), 4),
+        "clients": got,
+    }
+
+
+def compare(
+    model: str, seconds: float, repeats: int, out: Path, clients: subprocess.Popen[str]
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+    for repeat in range(repeats):
+        order = ["without", "with"] if repeat % 2 == 0 else ["with", "without"]
+        for kind in order:
+            result = run_once(model, seconds, kind == "with", out, clients)
+            runs[kind].append(result)
+            log(f"{model} {kind} view: {result['fps_out']:.1f} outputs/s")
+    best = {kind: max(r["fps_out"] for r in results) for kind, results in runs.items()}
+    seen = runs["with"][-1]["clients"]
+    return {
+        "fps_without_view": round(best["without"], 1),
+        "fps_with_view": round(best["with"], 1),
+        "ratio": round(best["with"] / best["without"], 4),
+        "outputs": runs["without"][0]["outputs"],
+        "fps_runs": {k: [round(r["fps_out"], 1) for r in v] for k, v in runs.items()},
+        "elapsed_s_runs": {k: [r["elapsed_s"] for r in v] for k, v in runs.items()},
+        # CPU time of the pipeline's process (all its threads) per output: what the view
+        # costs the run's process itself, whatever else the machine runs
+        "cpu_ms_per_output": {k: min(r["cpu_ms_per_output"] for r in v) for k, v in runs.items()},
+        "client_frames_min_max": [min(c["frames"] for c in seen), max(c["frames"] for c in seen)],
+        "client_ws_messages_min_max": [
+            min(c["ws_messages"] for c in seen),
+            max(c["ws_messages"] for c in seen),
+        ],
+        "client_errors": sum(c.get("errors", 0) for c in seen),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=40.0, help="media seconds per run")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--client-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", default="shapes", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_process:
+        asyncio.run(clients_main(args.clients, args.stream))
+        return
+
+    import torch
+
+    torch.set_num_threads(1)
+    load_before = loadavg()
+    clients = subprocess.Popen(
+        [sys.executable, __file__, "--client-process", "--clients", str(args.clients)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            out = Path(folder) / "out.jsonl"
+            motion = compare("motion", args.seconds, args.repeats, out, clients)
+            cheap = compare("brightness", args.seconds * 3, args.repeats, out, clients)
+    finally:
+        assert clients.stdin is not None
+        clients.stdin.close()
+        clients.wait(30)
+    figures = {
+        "clients": args.clients,
+        "media_seconds": args.seconds,
+        "motion": motion,
+        "brightness": cheap,
+    }
+    measured = {"with_view_vs_without_min": motion["ratio"]}
+    met = {"with_view_vs_without_min": check(motion["ratio"], 0.95, ceiling=False)}
+    emit("web", figures, TARGETS, met, load_before, measured)
+
+
+if __name__ == "__main__":
+    main()
