@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -36,6 +37,9 @@ from streamer.stages import ThresholdStage
 from streamer.testing import CaptureSink, audio_script, declare_streams
 
 PIPELINE = "pipelines/speech_energy.toml"  # the bundled recording: 313 outputs
+#: the pipeline's own JSONL file (out/...) replaced where a test does not read it: a fresh
+#: clone has no out/ folder
+NO_FILE = ["--out", os.devnull]
 OUTPUTS = 313
 WAIT = 20.0  # seconds a test waits for the broker or a subscriber before it fails
 
@@ -187,7 +191,17 @@ def test_a_crashed_run_leaves_its_last_will_offline(mosquitto: Mosquitto, in_rep
     prefix = unique("will")
     status = f"{prefix}/status"
     url = mosquitto.url(prefix + "/{kind}") + f"?status_topic={status}"
-    command = [sys.executable, "-m", "streamer.cli", "run", PIPELINE, "-q", "--pace", "realtime"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamer.cli",
+        "run",
+        PIPELINE,
+        "-q",
+        *NO_FILE,
+        "--pace",
+        "realtime",
+    ]
     with Subscriber(plain(mosquitto.port), status) as sub:
         process = subprocess.Popen(
             [*command, "--mqtt", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -252,7 +266,7 @@ def test_tls_with_a_client_certificate_and_a_password_publishes(
     )
     with Subscriber(resolve(options, "test"), f"{prefix}/#") as sub:
         url = tls_mosquitto.url(prefix + "/{kind}", "mqtts") + f"?{query}"
-        code, _, err = run_cli(["run", PIPELINE, "-q", "--mqtt", url], capsys)
+        code, _, err = run_cli(["run", PIPELINE, "-q", *NO_FILE, "--mqtt", url], capsys)
         assert code == 0, err
         wait(lambda: len(sub.payloads(f"{prefix}/frame")) >= OUTPUTS, "every output over TLS")
     assert "s3cret" not in err
@@ -275,7 +289,7 @@ def test_tls_refusals_fail_the_run_naming_the_broker(
         "&password_env=STREAMER_TEST_MQTT_PASSWORD"
     )
     url = tls_mosquitto.url("refused/{kind}", "mqtts") + f"?{query}"
-    code, _, err = run_cli(["run", PIPELINE, "-q", "--mqtt", url], capsys)
+    code, _, err = run_cli(["run", PIPELINE, "-q", *NO_FILE, "--mqtt", url], capsys)
     assert code == 2
     errors = [line for line in err.splitlines() if line.startswith("streamer: error:")]
     assert len(errors) == 1, err
@@ -308,7 +322,7 @@ def test_tls_refusals_fail_the_run_naming_the_broker(
 def test_bad_mqtt_input_is_one_line_and_exit_code_2(
     url: str, expected: str, in_repo: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run_cli(["run", PIPELINE, "-q", "--mqtt", url], capsys)
+    code, out, err = run_cli(["run", PIPELINE, "-q", *NO_FILE, "--mqtt", url], capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("streamer: error: ")
     assert expected in err

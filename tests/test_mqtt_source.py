@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -295,7 +296,17 @@ def test_bad_uris_are_refused_naming_the_problem(uri: str, message: str) -> None
 def test_bad_uri_on_the_command_line_is_one_line_exit_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = main(["run", str(SPEECH_PIPELINE), "--source", "mqtt://localhost/t?colour=red", "-q"])
+    code = main(
+        [
+            "run",
+            str(SPEECH_PIPELINE),
+            "--source",
+            "mqtt://localhost/t?colour=red",
+            "-q",
+            "--out",
+            os.devnull,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [err[0]] and "unknown query key 'colour'" in err[0]
@@ -464,7 +475,7 @@ def test_unreachable_broker_is_one_line_naming_host_port_and_time_out(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert f"host 127.0.0.1, port {port}, time-out 2 s" in err[0]
-    assert main(["run", str(SPEECH_PIPELINE), "--source", url, "-q"]) == 2
+    assert main(["run", str(SPEECH_PIPELINE), "--source", url, "-q", "--out", os.devnull]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"port {port}" in err[0] and "time-out 2 s" in err[0], err
 
