@@ -84,6 +84,8 @@ RECONNECT_MIN = 0.1
 # user name or password, not authorised. Refused at the first connection: bad config.
 _REFUSALS = {2, 4, 5, 133, 134, 135}
 _UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
+#: An output's JSON line, as the JSONL sink writes it (one encoder, not one per call).
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 #: A buffered message: topic, payload, and how many outputs it carries.
 Message = tuple[str, str, int]
@@ -210,18 +212,21 @@ class MqttSink:
 
     async def send(self, output: Output) -> None:
         self._check()
+        self._push_output(output)
+        self._start()
+
+    def _push_output(self, output: Output) -> None:
         self.received += 1
-        line = json.dumps(output.to_json(), ensure_ascii=False, allow_nan=False)
+        line = _encode(output.to_json())
         topic = self._topic(output.stream, output.kind, output.label)
         self._push((topic, f"[{line}]" if self.blocks else line, 1))
-        self._start()
 
     async def send_many(self, outputs: Sequence[Output | OutputBlock]) -> None:
         """Outputs and blocks of them, in order (a block's lines in one pass)."""
         self._check()
         for item in outputs:
             if not isinstance(item, OutputBlock):
-                await self.send(item)
+                self._push_output(item)
                 continue
             rows = len(item)
             if not rows:
