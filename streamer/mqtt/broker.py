@@ -18,6 +18,7 @@ made, so reading a pipeline file never loads it.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,12 @@ class Broker:
     ) -> aiomqtt.Client:
         """A (not yet connected) ``aiomqtt.Client`` for this broker; ``will``: ``(topic,
         payload, qos, retain)`` the broker publishes if the connection is lost. Must be
-        called on the running event loop."""
+        called on the running event loop. Its socket sends at once (``TCP_NODELAY``, as
+        mosquitto's ``set_tcp_nodelay``): paho writes a publish in two sends, and Nagle's
+        algorithm may hold the second until the broker acknowledges the first."""
         import aiomqtt
 
+        extra.setdefault("socket_options", ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
         return aiomqtt.Client(
             self.host,
             self.port,
