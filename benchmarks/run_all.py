@@ -35,8 +35,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_motion.py", ["--frames", "300", "--seconds", "5"]),
     ("bench_live.py", ["--camera-seconds", "5", "--bare-seconds", "3", "--mic-seconds", "5"]),
     ("bench_mqtt_source.py", ["--audio-frames", "2000", "--video-frames", "200"]),
-    ("bench_mqtt.py", []),
-    ("bench_web.py", []),
+    ("bench_mqtt.py", ["--repeats", "7"]),
+    ("bench_web.py", ["--seconds", "30"]),
 ]
 TIMEOUT_S = 240
 
