@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,6 +244,27 @@ def _pipelines(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _until_done_or_aborted(
+    draining: str, source: Any, work: Callable[[asyncio.Event], Awaitable[Any]]
+) -> Any:
+    """``await work(stop)`` under Ctrl-C handling: the first sets ``stop`` (``draining``
+    says what the command then finishes), the second aborts it (None is returned). The
+    source is closed either way."""
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    stop = asyncio.Event()
+    interrupts = _Interrupts(draining, stop.set, main_task.cancel)
+    try:
+        with interrupts:
+            return await work(stop)
+    except asyncio.CancelledError:
+        if not interrupts.aborted:
+            raise
+        return None
+    finally:
+        await source.aclose()
+
+
 # -- run ---------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
     from streamer.build import (
@@ -394,27 +415,19 @@ def _record(args: argparse.Namespace) -> int:
         )
 
     async def go() -> Any:
-        main_task = asyncio.current_task()
-        assert main_task is not None
-        stop = asyncio.Event()
-        interrupts = _Interrupts("finishing the recording", stop.set, main_task.cancel)
-        try:
-            with interrupts:
-                return await record(
-                    source,
-                    out_dir,
-                    duration=args.duration,
-                    max_frames=args.max_frames,
-                    clock=clock,
-                    description=args.source,
-                    stop=stop,
-                )
-        except asyncio.CancelledError:
-            if not interrupts.aborted:
-                raise
-            return None
-        finally:
-            await source.aclose()
+        return await _until_done_or_aborted(
+            "finishing the recording",
+            source,
+            lambda stop: record(
+                source,
+                out_dir,
+                duration=args.duration,
+                max_frames=args.max_frames,
+                clock=clock,
+                description=args.source,
+                stop=stop,
+            ),
+        )
 
     summary = asyncio.run(go())
     if summary is None:
@@ -522,27 +535,19 @@ def _publish(args: argparse.Namespace) -> int:
     )
 
     async def go() -> Any:
-        main_task = asyncio.current_task()
-        assert main_task is not None
-        stop = asyncio.Event()
-        interrupts = _Interrupts("ending the streams", stop.set, main_task.cancel)
         source = open_source(args.source, options, RealClock())
-        try:
-            with interrupts:
-                return await publish(
-                    source,
-                    broker,
-                    qos=qos,
-                    duration=args.duration,
-                    max_frames=args.max_frames,
-                    stop=stop,
-                )
-        except asyncio.CancelledError:
-            if not interrupts.aborted:
-                raise
-            return None
-        finally:
-            await source.aclose()
+        return await _until_done_or_aborted(
+            "ending the streams",
+            source,
+            lambda stop: publish(
+                source,
+                broker,
+                qos=qos,
+                duration=args.duration,
+                max_frames=args.max_frames,
+                stop=stop,
+            ),
+        )
 
     summary = asyncio.run(go())
     if summary is None:
