@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -309,3 +311,27 @@ def _typed(text: str, annotation: Any) -> Any:
         except ValueError:
             return text
     return text
+
+
+def check_template(template: str, key: str, what: str, fields: Sequence[str]) -> None:
+    """Refuse a topic template to publish to that names a field not in ``fields``,
+    formats one, holds a wildcard, or is empty or a ``$`` topic (``what``: how errors
+    name the sink or flag; ``key``: the key)."""
+    known = ", ".join(f"{{{name}}}" for name in fields)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InputError(f"{what}: {key}: {template!r}: {exc}; fields: {known}") from None
+    for literal, name, spec, conversion in parts:
+        if "+" in literal or "#" in literal:
+            raise InputError(f"{what}: {key}: {template!r}: no wildcards (+, #) in a topic")
+        if name is None:
+            continue
+        if name not in fields:
+            raise InputError(
+                f"{what}: {key}: {template!r} names an unknown field {{{name}}}; known: {known}"
+            )
+        if spec or conversion:
+            raise InputError(f"{what}: {key}: {template!r}: write fields plainly, as {{{name}}}")
+    if not template or template.startswith("$"):
+        raise InputError(f"{what}: {key}: {template!r}: not a topic to publish to")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import string
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -35,7 +34,14 @@ from pydantic import Field
 
 from streamer.errors import InputError
 from streamer.frames import Frame, Gap, Item, StreamEnd, StreamStart
-from streamer.mqtt.broker import Broker, BrokerOptions, describe, options_from_url, resolve
+from streamer.mqtt.broker import (
+    Broker,
+    BrokerOptions,
+    check_template,
+    describe,
+    options_from_url,
+    resolve,
+)
 from streamer.mqtt.payload import encode_end, encode_frame, encode_gap
 from streamer.options import Int
 from streamer.sources.base import Source
@@ -81,18 +87,7 @@ def publish_target(url: str, what: str = "URL") -> tuple[Broker, int]:
     topic template may name ``{stream}`` and nothing else, and holds no wildcard."""
     options: PublishOptions = options_from_url(url, what, PublishOptions)
     broker = resolve(options, what, DEFAULT_TOPIC)
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(broker.topic) if name]
-    except ValueError as exc:
-        raise InputError(f"{what}: topic {broker.topic}: {exc}") from None
-    unknown = [name for name in fields if name != "stream"]
-    if unknown:
-        raise InputError(
-            f"{what}: topic {broker.topic}: unknown field {{{unknown[0]}}}; the topic may"
-            " name {stream}"
-        )
-    if "#" in broker.topic or "+" in broker.topic:
-        raise InputError(f"{what}: topic {broker.topic}: wildcards (# +) cannot be published to")
+    check_template(broker.topic, "topic", what, ("stream",))
     return broker, options.qos
 
 

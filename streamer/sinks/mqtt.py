@@ -51,7 +51,6 @@ import json
 import logging
 import secrets
 import ssl
-import string
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -61,7 +60,7 @@ from pydantic import Field
 from streamer.blocks import OutputBlock
 from streamer.errors import InputError
 from streamer.frames import Output
-from streamer.mqtt.broker import Broker, BrokerOptions, resolve, split_url
+from streamer.mqtt.broker import Broker, BrokerOptions, check_template, resolve, split_url
 from streamer.options import Bool, Float, Int, Str
 from streamer.sinks.base import SinkContext, SinkOptions
 
@@ -109,31 +108,6 @@ class MqttSinkConfig(SinkOptions, BrokerOptions):
     buffer: Annotated[Int, Field(ge=1, le=10_000_000)] = 10_000
     reconnect_max: Annotated[Float, Field(gt=0, le=3600)] = 5.0
     drain_timeout: Annotated[Float, Field(ge=0, le=3600)] = 5.0
-
-
-def check_template(
-    template: str, key: str, what: str, fields: Sequence[str] = TOPIC_FIELDS
-) -> None:
-    """Refuse a topic template that names a field not in ``fields``, formats one, or
-    holds a wildcard (``what``: how errors name the sink; ``key``: the key)."""
-    known = ", ".join(f"{{{name}}}" for name in fields)
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise InputError(f"{what}: {key}: {template!r}: {exc}; fields: {known}") from None
-    for literal, name, spec, conversion in parts:
-        if "+" in literal or "#" in literal:
-            raise InputError(f"{what}: {key}: {template!r}: no wildcards (+, #) in a topic")
-        if name is None:
-            continue
-        if name not in fields:
-            raise InputError(
-                f"{what}: {key}: {template!r} names an unknown field {{{name}}}; known: {known}"
-            )
-        if spec or conversion:
-            raise InputError(f"{what}: {key}: {template!r}: write fields plainly, as {{{name}}}")
-    if not template or template.startswith("$"):
-        raise InputError(f"{what}: {key}: {template!r}: not a topic to publish to")
 
 
 class MqttSink:
@@ -521,7 +495,7 @@ def build_mqtt(options: MqttSinkConfig, context: SinkContext) -> MqttSink:
             " the topic once"
         )
     topic = options.topic if options.topic is not None else broker.topic
-    check_template(topic, "topic", context.name)
+    check_template(topic, "topic", context.name, TOPIC_FIELDS)
     if options.status_topic:
         check_template(options.status_topic, "status_topic", context.name, ("client_id",))
     sink = MqttSink(
