@@ -24,6 +24,7 @@ from streamer import __version__
 from streamer.errors import InputError, StreamerError
 
 if TYPE_CHECKING:
+    from streamer.config import SourceConfig
     from streamer.pipeline import Pipeline
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_ABORTED = 0, 1, 2, 130
@@ -183,12 +184,7 @@ def _parser() -> argparse.ArgumentParser:
     record = commands.add_parser("record", help="record a source into a recording directory")
     record.add_argument("source", help="source URI")
     record.add_argument("out_dir", help="recording directory to create")
-    record.add_argument("--duration", type=float, help="seconds of media time to record")
-    record.add_argument("--max-frames", type=int, help="frames per stream to record")
-    record.add_argument("--rate", type=float, help="audio: resample to Hz; video: fps")
-    record.add_argument("--chunk", type=int, default=512, help="audio: samples per frame")
-    record.add_argument("--size", help="video: resize to WxH")
-    record.add_argument("--mono", action="store_true", help="audio: mix down to one channel")
+    _add_source_flags(record, "record")
     record.add_argument(
         "--pace",
         choices=["realtime", "fast"],
@@ -377,23 +373,40 @@ async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
     return code
 
 
+def _add_source_flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The flags of a command that reads one source (``record``, ``publish``)."""
+    parser.add_argument("--duration", type=float, help=f"seconds of media time to {verb}")
+    parser.add_argument("--max-frames", type=int, help=f"frames per stream to {verb}")
+    parser.add_argument("--rate", type=float, help="audio: resample to Hz; video: fps")
+    parser.add_argument("--chunk", type=int, default=512, help="audio: samples per frame")
+    parser.add_argument("--size", help="video: resize to WxH")
+    parser.add_argument("--mono", action="store_true", help="audio: mix down to one channel")
+
+
+def _checked_source_flags(args: argparse.Namespace) -> SourceConfig:
+    """``SOURCE``, ``--rate``, ``--chunk`` and ``--size`` checked as ``[source]`` keys are
+    (errors name the flag)."""
+    from streamer.config import source_from_flags
+
+    size = _parse_size(args.size) if args.size else None
+    return source_from_flags(
+        {"uri": args.source, "rate": args.rate, "chunk": args.chunk, "size": size},
+        {"uri": "SOURCE", "rate": "--rate", "chunk": "--chunk", "size": "--size"},
+    )
+
+
 # -- record ------------------------------------------------------------------------------
 def _record(args: argparse.Namespace) -> int:
     """Record a source. The first SIGINT or SIGTERM stops and keeps what was recorded (a
     valid recording, streams ended with reason ``stopped``); a second aborts and removes
     the temporary folder (exit 130)."""
     from streamer.clock import Clock, RealClock, VirtualClock
-    from streamer.config import source_from_flags
     from streamer.recording import record
     from streamer.sources import SourceOptions, open_source
 
     out_dir = Path(args.out_dir)
     _check_partials(out_dir, args.clean)
-    size = _parse_size(args.size) if args.size else None
-    checked = source_from_flags(
-        {"uri": args.source, "rate": args.rate, "chunk": args.chunk, "size": size},
-        {"uri": "SOURCE", "rate": "--rate", "chunk": "--chunk", "size": "--size"},
-    )
+    checked = _checked_source_flags(args)
     options = SourceOptions(
         rate=checked.rate, chunk=checked.chunk, size=checked.size, mono=args.mono, pace="realtime"
     )
@@ -490,12 +503,7 @@ def _add_publish_parser(commands: Any) -> None:
         help="mqtt[s]://HOST[:PORT][/TOPIC][?qos=1&ca=...&password_env=VAR]; the topic may"
         " name {stream} (default streamer/frames/{stream})",
     )
-    publish.add_argument("--duration", type=float, help="seconds of media time per stream")
-    publish.add_argument("--max-frames", type=int, help="frames per stream to publish")
-    publish.add_argument("--rate", type=float, help="audio: resample to Hz; video: fps")
-    publish.add_argument("--chunk", type=int, default=512, help="audio: samples per frame")
-    publish.add_argument("--size", help="video: resize to WxH")
-    publish.add_argument("--mono", action="store_true", help="audio: mix down to one channel")
+    _add_source_flags(publish, "publish")
     publish.add_argument(
         "--pace",
         choices=["realtime", "fast"],
@@ -511,7 +519,6 @@ def _publish(args: argparse.Namespace) -> int:
     """``streamer publish``: the first SIGINT or SIGTERM ends the open streams (their end
     messages are sent) and stops; a second aborts (exit 130)."""
     from streamer.clock import RealClock
-    from streamer.config import source_from_flags
     from streamer.mqtt.publish import publish, publish_target
     from streamer.sources import SourceOptions, open_source
 
@@ -520,11 +527,7 @@ def _publish(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise InputError(f"--max-frames: must be >= 1, got {args.max_frames}")
     broker, qos = publish_target(args.url)
-    size = _parse_size(args.size) if args.size else None
-    checked = source_from_flags(
-        {"uri": args.source, "rate": args.rate, "chunk": args.chunk, "size": size},
-        {"uri": "SOURCE", "rate": "--rate", "chunk": "--chunk", "size": "--size"},
-    )
+    checked = _checked_source_flags(args)
     options = SourceOptions(
         rate=checked.rate,
         chunk=checked.chunk,
