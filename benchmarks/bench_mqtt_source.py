@@ -76,20 +76,27 @@ def publisher_source(source: dict[str, Any]) -> Any:
     return open_source(source["uri"], options, RealClock())
 
 
-async def through_mqtt(broker: Mosquitto, source: dict[str, Any], frames: int) -> dict[str, Any]:
-    pipeline = pipeline_for({"uri": broker.url("bench/#") + "?queue=100000"}, frames + 1)
-    (subscriber,) = pipeline.sources
-    assert isinstance(subscriber, MqttSource)
-    run = asyncio.create_task(pipeline.run())
-    await asyncio.wait_for(subscriber.subscribed.wait(), 10)
-    target, qos = publish_target(broker.url("bench/{stream}"))
+async def timed_publish(url: str, source: dict[str, Any], frames: int) -> tuple[Any, float]:
+    """``streamer publish`` of ``frames`` frames of ``source`` to ``url``: what it sent,
+    and the seconds it took."""
+    target, qos = publish_target(url)
     feed = publisher_source(source)
     began = time.perf_counter()
     try:
         sent = await publish(feed, target, qos=qos, max_frames=frames)
     finally:
         await feed.aclose()
-    published = time.perf_counter() - began
+    return sent, time.perf_counter() - began
+
+
+async def through_mqtt(broker: Mosquitto, source: dict[str, Any], frames: int) -> dict[str, Any]:
+    pipeline = pipeline_for({"uri": broker.url("bench/#") + "?queue=100000"}, frames + 1)
+    (subscriber,) = pipeline.sources
+    assert isinstance(subscriber, MqttSource)
+    run = asyncio.create_task(pipeline.run())
+    await asyncio.wait_for(subscriber.subscribed.wait(), 10)
+    began = time.perf_counter()
+    sent, published = await timed_publish(broker.url("bench/{stream}"), source, frames)
     summary = await asyncio.wait_for(run, 120)
     seconds = time.perf_counter() - began
     (counts,) = summary["sources"].values()
@@ -104,14 +111,7 @@ async def through_mqtt(broker: Mosquitto, source: dict[str, Any], frames: int) -
 
 
 async def publish_only(broker: Mosquitto, source: dict[str, Any], frames: int) -> dict[str, Any]:
-    target, qos = publish_target(broker.url("nobody/{stream}"))
-    feed = publisher_source(source)
-    began = time.perf_counter()
-    try:
-        sent = await publish(feed, target, qos=qos, max_frames=frames)
-    finally:
-        await feed.aclose()
-    seconds = time.perf_counter() - began
+    sent, seconds = await timed_publish(broker.url("nobody/{stream}"), source, frames)
     return {"frames": sum(sent.frames.values()), "seconds": round(seconds, 3)}
 
 
