@@ -11,6 +11,7 @@ stream's ``StreamStart`` and on each ``Frame``, so no stage has to guess from th
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -224,6 +225,11 @@ class Output:
     #: its latency exceeded the run's ``latency_budget_ms`` (stamped with the latency)
     late: bool = False
 
+    def json_line(self) -> str:
+        """Its JSON Lines line, without the newline: what the JSONL file, an MQTT
+        message and the live view carry."""
+        return encode_record(self.to_json())
+
     def to_json(self) -> dict[str, Any]:
         """The JSONL record: plain Python types, floats at full precision."""
         record: dict[str, Any] = {
@@ -267,3 +273,8 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+#: A JSONL record (:meth:`Output.to_json`) as its line, without the newline: UTF-8 kept,
+#: NaN refused so that every line is strict JSON. One encoder for every call.
+encode_record = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode

@@ -9,7 +9,6 @@ output or closes: a run refused before it starts leaves the file as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal, TextIO
@@ -63,9 +62,7 @@ class JsonlSink:
         await self._worker.call_through(self._write_many, list(outputs))
 
     def _write_many(self, outputs: list[Output | OutputBlock]) -> None:
-        self._write(
-            "".join(o.jsonl() if isinstance(o, OutputBlock) else _line(o) for o in outputs)
-        )
+        self._write("".join(o.jsonl() if isinstance(o, OutputBlock) else _line(o) for o in outputs))
 
     def _write(self, line: str) -> None:
         file = self._ensure_open()
@@ -86,7 +83,7 @@ class JsonlSink:
 
 def _line(output: Output) -> str:
     """One output as a JSON line (NaN refused: every line parses as strict JSON)."""
-    return json.dumps(output.to_json(), ensure_ascii=False, allow_nan=False) + "\n"
+    return output.json_line() + "\n"
 
 
 class JsonlSinkConfig(SinkOptions):

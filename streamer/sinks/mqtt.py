@@ -83,8 +83,6 @@ RECONNECT_MIN = 0.1
 # user name or password, not authorised. Refused at the first connection: bad config.
 _REFUSALS = {2, 4, 5, 133, 134, 135}
 _UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
-#: An output's JSON line, as the JSONL sink writes it (one encoder, not one per call).
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 #: A buffered message: topic, payload, and how many outputs it carries.
 Message = tuple[str, str, int]
@@ -191,7 +189,7 @@ class MqttSink:
 
     def _push_output(self, output: Output) -> None:
         self.received += 1
-        line = _encode(output.to_json())
+        line = output.json_line()
         topic = self._topic(output.stream, output.kind, output.label)
         self._push((topic, f"[{line}]" if self.blocks else line, 1))
 

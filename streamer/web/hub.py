@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.blocks import OutputBlock
-from streamer.frames import Output
+from streamer.frames import Output, encode_record
 
 #: Outputs kept for clients that are behind (each gets at most these, the newest).
 RING = 4096
@@ -113,7 +113,7 @@ class Entry:
             if self.lines is not None:
                 self._json = self.lines.line(self.row)
             else:
-                self._json = json.dumps(self.as_record(), allow_nan=False)
+                self._json = encode_record(self.as_record())
         return self._json
 
 
