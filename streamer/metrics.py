@@ -83,12 +83,18 @@ class Metrics:
     def start(self) -> None:
         self.started = self.clock.now()
 
-    def watch_sources(self, sources: Sequence[object]) -> None:
-        """Report the counts of every source that keeps them (a ``report()`` method)."""
+    def watch(self, sources: Sequence[object], sinks: Sequence[object]) -> None:
+        """Report the counts of every source that keeps them (a ``report()`` method: the
+        MQTT source's skipped messages) and of every sink (a ``counts()`` method: the MQTT
+        sink's published and dropped)."""
         for source in sources:
             report = getattr(source, "report", None)
             if callable(report):
                 self.source_reports[str(getattr(source, "name", source))] = report
+        for sink in sinks:
+            counts = getattr(sink, "counts", None)
+            if callable(counts):
+                self.sink_reports[str(getattr(sink, "name", sink))] = counts
 
     def finish(self) -> None:
         self.finished = self.clock.now()

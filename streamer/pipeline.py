@@ -95,7 +95,7 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         if self.metrics is None:
             self.metrics = Metrics(self.clock, mode=self.mode)
-        self.metrics.watch_sources(self.sources)
+        self.metrics.watch(self.sources, self.sinks)
         if self.deliveries is None:
             self.deliveries = [default_delivery(sink) for sink in self.sinks]
         if len(self.deliveries) != len(self.sinks):

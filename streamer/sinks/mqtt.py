@@ -507,5 +507,4 @@ def build_mqtt(options: MqttSinkConfig, context: SinkContext) -> MqttSink:
         reconnect_max=options.reconnect_max,
         drain_timeout=options.drain_timeout,
     )
-    context.metrics.sink_reports[sink.name] = sink.counts
     return sink
