@@ -58,6 +58,7 @@ class Overrides:
     preview: bool = False
     mqtt: tuple[str, ...] = ()  # --mqtt URL: one MQTT sink each
     serve: str | None = None  # --serve [HOST:]PORT: the live view (a web sink)
+    ray: str | None = None  # --ray [ADDRESS]: the Ray engine ("": a local Ray)
     origin: str = "command line"
 
 
@@ -75,6 +76,8 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
         (("run", "mode"), "--mode", overrides.mode),
         (("run", "duration"), "--duration", overrides.duration),
         (("run", "max_frames"), "--max-frames", overrides.max_frames),
+        (("run", "engine"), "--ray", None if overrides.ray is None else "ray"),
+        (("run", "ray_address"), "--ray", overrides.ray or None),
     ):
         if value is not None:
             changes[(section, key)] = value
@@ -272,6 +275,44 @@ def build_pipeline(
     )
 
 
+def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) -> Any:
+    """The Ray engine's actors, started (each loads the model as this process did)."""
+    from streamer.cluster.engine import EngineOptions, RayEngine
+    from streamer.cluster.worker import ModelSpec
+
+    run, model = config.run, config.model
+    if run.mode == "offline":
+        raise InputError(
+            "[run] engine = 'ray' runs the realtime and online modes; run offline in one"
+            " process (engine = 'local')"
+        )
+    if model.head_type == "generate":
+        raise InputError(
+            "[run] engine = 'ray' does not run the generate head (it decodes from the state,"
+            " which lives on the actors); use engine = 'local'"
+        )
+    spec = ModelSpec(
+        factory=model.factory,
+        path=None if model.path is None else str(Path(model.path).resolve()),
+        options=dict(model.options or {}),
+        threads=model.threads,
+        device=model.device,
+        cwd=str(Path.cwd()),
+        max_batch=settings.max_batch,
+    )
+    options = EngineOptions(
+        address=run.ray_address,
+        workers=run.workers,
+        cpus=run.worker_cpus,
+        gpus=run.worker_gpus,
+        snapshot_every=run.snapshot_every,
+        deadline_s=run.deadline_s,
+    )
+    engine = RayEngine(spec, loaded, options, ttl=settings.ttl)
+    engine.start()
+    return engine
+
+
 def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) -> Stage:
     model = config.model
     source = sources[0]
@@ -315,14 +356,23 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         smoothing=smoothing,
         latency_budget_ms=config.run.latency_budget_ms,
     )
-    stage = ModelStage(
-        loaded,
-        settings,
-        mode=config.run.mode,
-        clock=clock,
-        name="model",
-        source_info=source_info(source),
-    )
+    engine = None
+    if config.run.engine == "ray":
+        engine = _ray_engine(config, loaded, settings)
+    try:
+        stage = ModelStage(
+            loaded,
+            settings,
+            mode=config.run.mode,
+            clock=clock,
+            name="model",
+            source_info=source_info(source),
+            engine=engine,
+        )
+    except BaseException:
+        if engine is not None:
+            engine.close()
+        raise
     checked: set[tuple[Any, ...]] = set()
     rate = getattr(loaded, "input_rate", None)
     for each in sources:  # each distinct kind of frame once

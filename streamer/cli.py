@@ -172,6 +172,15 @@ def _parser() -> argparse.ArgumentParser:
         help="show the run live in a browser: a page served on PORT (127.0.0.1 unless a"
         " HOST is given; any other address needs a token, printed with the URL)",
     )
+    run.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the model on a pool of Ray actors ([run] workers, default 2): on the"
+        " cluster at ADDRESS (ray://HOST:10001 or HOST:6379, or 'auto'), or on a local Ray"
+        " without one (pip install 'streamer[ray]')",
+    )
     run.add_argument("--duration", type=float, help="stop after S seconds of media time")
     run.add_argument("--max-frames", type=int, help="stop after N input frames")
     run.add_argument("--metrics", help="write the run summary as JSON to this file")
@@ -307,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
         preview=args.preview,
         mqtt=tuple(args.mqtt or ()),
         serve=args.serve,
+        ray=args.ray,
         origin=args.pipeline or "--source",
     )
     config = apply_overrides(config, overrides)

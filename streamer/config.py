@@ -344,6 +344,17 @@ class RunConfig(_Section):
     #: outputs later than this (capture to emission) are marked late and counted; in
     #: realtime mode the model stage skips frames already older than it
     latency_budget_ms: Annotated[Float, Field(gt=0, le=MAX_SECONDS * 1000)] | None = None
+    #: where the model stage runs: in this process, or on a pool of Ray actors
+    engine: Literal["local", "ray"] = "local"
+    #: the Ray engine: model actors, the cluster's address (none: a local Ray), each
+    #: actor's CPUs and GPUs, chunks between a stream's state snapshots, and how long a
+    #: model call may take before its actor is given up as lost (a frozen node)
+    workers: Annotated[Int, Field(ge=1, le=4096)] = 2
+    ray_address: Annotated[Str, Field(min_length=1, max_length=500)] | None = None
+    worker_cpus: Annotated[Float, Field(ge=0, le=1024)] = 1.0
+    worker_gpus: Annotated[Float, Field(ge=0, le=64)] = 0.0
+    snapshot_every: Annotated[Int, Field(ge=1, le=100_000)] = 8
+    deadline_s: Annotated[Float, Field(gt=0, le=3600)] = 10.0
 
 
 # The sink tables: one options model per registered kind, told apart by ``type``.

@@ -22,7 +22,7 @@ from streamer.clock import RealClock
 from streamer.errors import InputError
 from streamer.frames import Frame, Gap, StreamStart
 from streamer.sources.base import SourceOptions
-from streamer.sources.microphone import MicrophoneSource, import_sounddevice
+from streamer.sources.microphone import MicrophoneSource, import_sounddevice, retrying_busy
 
 SPEECH = Path(__file__).resolve().parent / "data" / "speech_en_16k.wav"
 CHUNK = 512
@@ -158,7 +158,7 @@ def test_a_missing_portaudio_names_the_package(tmp_path: Path) -> None:
     paths = [p for p in Path("/usr/lib").rglob("libportaudio.so*") if p.is_file()]
     mounts = " && ".join(f"mount --bind /dev/null {p}" for p in paths)
     result = subprocess.run(
-        [unshare, "--mount", "sh", "-c", f"{mounts} && {sys.executable} -c \"$CODE\""],
+        [unshare, "--mount", "sh", "-c", f'{mounts} && {sys.executable} -c "$CODE"'],
         env={"CODE": code, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
@@ -186,3 +186,36 @@ def test_devices_lists_the_virtual_microphone(
     assert main(["devices"]) == 0
     text = capsys.readouterr().out
     assert "pulse" in text and "cameras" in text
+
+
+def test_a_device_busy_for_a_moment_is_tried_again_and_other_errors_are_not() -> None:
+    """PortAudio's "cannot open just now" codes are retried within the budget; a refused
+    rate is reported at once; a device busy past the budget gives its last error."""
+    sd = import_sounddevice()
+    calls: list[int] = []
+
+    def opens_third_time() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise sd.PortAudioError("Illegal combination of I/O devices", -9993)
+        return "open"
+
+    assert retrying_busy(opens_third_time, "mic:test") == "open" and len(calls) == 3
+
+    def refuses_rate() -> None:
+        calls.append(1)
+        raise sd.PortAudioError("Invalid sample rate", -9997)
+
+    calls.clear()
+    with pytest.raises(sd.PortAudioError, match="Invalid sample rate"):
+        retrying_busy(refuses_rate, "mic:test")
+    assert len(calls) == 1
+
+    def always_busy() -> None:
+        calls.append(1)
+        raise sd.PortAudioError("Device unavailable", -9985)
+
+    calls.clear()
+    with pytest.raises(sd.PortAudioError, match="Device unavailable"):
+        retrying_busy(always_busy, "mic:test", budget_s=0.5)
+    assert 2 <= len(calls) <= 5

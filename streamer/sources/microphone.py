@@ -15,13 +15,19 @@ stops are not delivered.
 Options: ``rate`` (Hz; default the device's), ``chunk`` (samples per frame), ``mono``
 (one channel; otherwise up to two), ``latency`` (PortAudio's ``low``/``high`` or seconds).
 Bad input (no PortAudio, an unknown device, a rate the device refuses) is an
-:class:`~streamer.errors.InputError` that lists what is available.
+:class:`~streamer.errors.InputError` that lists what is available. A device that refuses
+to open for a moment (PortAudio's "device unavailable" or "illegal combination of I/O
+devices", which ALSA gives when its PCM cannot be opened: a sound server restarting, a
+device another program is just releasing) is tried again for up to
+:data:`BUSY_RETRY_S` before it is reported.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +41,35 @@ from streamer.sources.push import PushBuffer, PushPolicy, PushSource
 log = logging.getLogger(__name__)
 
 COMMON_RATES = (8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000)
+#: Seconds a device that refuses to open for a moment is tried again (every 0.1-0.4 s).
+BUSY_RETRY_S = 2.0
+#: PortAudio's codes for a device that may open a moment later: paDeviceUnavailable,
+#: paBadIODeviceCombination (ALSA: the PCM did not open), paUnanticipatedHostError.
+BUSY_CODES = frozenset({-9985, -9993, -9999})
+
+T = TypeVar("T")
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is PortAudio saying the device cannot be opened just now."""
+    args: tuple[Any, ...] = getattr(exc, "args", ())
+    return len(args) >= 2 and args[1] in BUSY_CODES
+
+
+def retrying_busy(fn: Callable[[], T], what: str, budget_s: float = BUSY_RETRY_S) -> T:
+    """``fn()``, called again while PortAudio says the device is busy, for up to
+    ``budget_s`` seconds (then its last error is raised). Blocks: call it off the loop."""
+    deadline = time.monotonic() + budget_s
+    pause = 0.1
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not _busy(exc) or time.monotonic() + pause > deadline:
+                raise
+            log.info("%s: the device refused to open (%s); trying again", what, exc)
+            time.sleep(pause)
+            pause = min(0.4, pause * 2)
 
 
 def import_sounddevice() -> Any:
@@ -155,8 +190,11 @@ class MicrophoneSource(PushSource):
     def _check_settings(self) -> None:
         sd, device = self.sd, self.device["index"]
         try:
-            sd.check_input_settings(
-                device=device, samplerate=self.rate, channels=self.channels, dtype="float32"
+            retrying_busy(
+                lambda: sd.check_input_settings(
+                    device=device, samplerate=self.rate, channels=self.channels, dtype="float32"
+                ),
+                self.uri,
             )
         except Exception as exc:
             supported = []
@@ -175,14 +213,17 @@ class MicrophoneSource(PushSource):
     # -- device lifecycle -------------------------------------------------------------------
     def _start_device(self) -> None:
         try:
-            stream = self.sd.InputStream(
-                device=self.device["index"],
-                samplerate=self.rate,
-                channels=self.channels,
-                dtype="float32",
-                blocksize=self.chunk,
-                latency=self.latency,
-                callback=self._callback,
+            stream = retrying_busy(
+                lambda: self.sd.InputStream(
+                    device=self.device["index"],
+                    samplerate=self.rate,
+                    channels=self.channels,
+                    dtype="float32",
+                    blocksize=self.chunk,
+                    latency=self.latency,
+                    callback=self._callback,
+                ),
+                self.uri,
             )
             # PortAudio's clock -> the pipeline's: one offset, taken when the stream opens
             self._offset = self.clock.now() - float(stream.time)

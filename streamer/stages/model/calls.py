@@ -13,7 +13,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,18 +31,30 @@ from streamer.stages.model.settings import ModelSettings
 from streamer.stages.model.stream import Emit, ModelStream
 from streamer.worker import Worker
 
+if TYPE_CHECKING:
+    from streamer.cluster.engine import RayEngine
+
 
 class ModelCalls:
     """The model calls of a model stage over its streams ``_streams``."""
 
     def __init__(
-        self, model: StatefulModel, settings: ModelSettings, mode: Mode, clock: Clock, name: str
+        self,
+        model: StatefulModel,
+        settings: ModelSettings,
+        mode: Mode,
+        clock: Clock,
+        name: str,
+        engine: RayEngine | None = None,
     ) -> None:
         self.model = model
         self.settings = settings
         self.mode = mode
         self.clock = clock
-        self.store = StateStore(model, ttl=settings.ttl)  # the owner of the idle TTL
+        #: the Ray engine, whose actors hold the states and make the steps (None: here)
+        self.engine = engine
+        # the owner of the idle TTL (with an engine: the activity times only)
+        self.store: StateStore = engine.store if engine else StateStore(model, ttl=settings.ttl)
         self.worker = Worker(f"model-{name}", clock)
         self._streams: dict[str, ModelStream] = {}
         # offline pieces: each stream's piece being stepped on the worker, with its steps
@@ -116,16 +128,18 @@ class ModelCalls:
             self._calls += math.ceil(len(batch) / self.settings.max_batch)
             self._batched_chunks += len(batch)
             called = self.clock.now()
-            ys = await self.worker.call(
-                step_batch,
-                self.model,
-                self.store,
-                batch,
-                called,
-                max_batch=self.settings.max_batch,
-            )
+            ys = await self._step(batch, called)
             self._calls_s.append(self.clock.now() - called)
             await self._deliver_call(ready, ys, batch_steps, outbox)
+
+    async def _step(self, chunks: dict[str, Tensor], now: float) -> dict[str, Tensor]:
+        """One batched step of ``chunks`` (each ``x [T, F...]``): on the worker thread from
+        the store's states, or on the engine's actors."""
+        if self.engine is not None:
+            return await self.engine.step(chunks)
+        return await self.worker.call(
+            step_batch, self.model, self.store, chunks, now, max_batch=self.settings.max_batch
+        )
 
     async def _deliver_call(
         self,
@@ -240,9 +254,7 @@ class ModelCalls:
         if pad is None:
             return
         self._count(1)
-        ys = await self.worker.call(
-            step_batch, self.model, self.store, {stream: pad}, self.clock.now()
-        )
+        ys = await self._step({stream: pad}, self.clock.now())
         await self._send(ctx.deliver(ys[stream], []), outbox)
 
     # -- decoding (a generate head) --------------------------------------------------------

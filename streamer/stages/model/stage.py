@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -58,6 +58,9 @@ from streamer.stages.model.checks import (
 from streamer.stages.model.settings import ModelSettings
 from streamer.stages.model.stream import ModelStream, open_stream
 
+if TYPE_CHECKING:
+    from streamer.cluster.engine import RayEngine
+
 log = logging.getLogger(__name__)
 
 
@@ -72,6 +75,7 @@ class ModelStage(ModelCalls):
         clock: Clock | None = None,
         name: str = "model",
         source_info: dict[str, Any] | None = None,
+        engine: RayEngine | None = None,
     ) -> None:
         if not model.causal and mode != "offline":
             raise InputError(
@@ -87,7 +91,17 @@ class ModelStage(ModelCalls):
                 f"stage '{name}': the generate head steps the model token by token; a"
                 " non-causal (bidirectional) model cannot be stepped"
             )
-        super().__init__(model, settings, mode, clock or RealClock(), name)
+        if engine is not None and mode == "offline":
+            raise InputError(
+                f"stage '{name}': [run] engine = 'ray' runs the realtime and online modes;"
+                " run offline in one process (engine = 'local')"
+            )
+        if engine is not None and settings.head == "generate":
+            raise InputError(
+                f"stage '{name}': [run] engine = 'ray' does not run the generate head (it"
+                " decodes from the state, which lives on the actors); use engine = 'local'"
+            )
+        super().__init__(model, settings, mode, clock or RealClock(), name, engine)
         self.name = name
         self.source_info = dict(source_info or {})
         self._checked = False
@@ -102,6 +116,7 @@ class ModelStage(ModelCalls):
             "lookahead_s": None if self._step_duration is None else lookahead * self._step_duration,
             "model_calls": self._calls,
             "mean_batch": self._batched_chunks / self._calls if self._calls else None,
+            **({"engine": self.engine.report()} if self.engine is not None else {}),
         }
 
     # -- the loop ----------------------------------------------------------------------
@@ -121,6 +136,8 @@ class ModelStage(ModelCalls):
                 self.store.touch(streams, self.clock.now())
         finally:
             self.worker.close()
+            if self.engine is not None:
+                self.engine.close()
 
     async def _wait_for_more(self, inbox: Channel[Any], items: list[Any]) -> list[Any]:
         """Give other streams up to ``max_wait_ms`` to make the batch fuller."""

@@ -1,0 +1,133 @@
+"""The body of a model actor: a model, its streams' hidden states, batched steps.
+
+:class:`ModelWorker` is plain Python (Ray wraps it with ``ray.remote`` in
+:mod:`streamer.cluster.engine`, so the tests can also call it directly). It loads the model
+from a :class:`ModelSpec` (the ``[model]`` file, factory and options: every worker builds
+the same model) and keeps one :class:`~streamer.models.StateStore` for the streams it owns.
+A call steps the chunks of all its streams at once (:func:`~streamer.models.step_batch`:
+equal-length chunks of stackable states in one ``model.step``), and can hand back the
+states after it: the driver's snapshots, from which another worker carries a stream on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+from streamer.models import State, StatefulModel, StateStore, load_model, step_batch
+
+#: One chunk as the driver sends it: (start the stream fresh first, ``x [T, F...]``).
+Chunk = tuple[bool, Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a worker needs to build the run's model (``[model]``'s loading keys)."""
+
+    factory: str | None
+    path: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    device: str = "cpu"
+    #: the driver's working folder (a factory's module is imported from it, when it
+    #: exists on the worker's node too)
+    cwd: str | None = None
+    max_batch: int | None = None
+
+    def load(self) -> StatefulModel:
+        import torch
+
+        if self.cwd and os.path.isdir(self.cwd) and self.cwd not in sys.path:
+            sys.path.insert(0, self.cwd)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        model = load_model(self.factory, self.path, options=self.options, threads=self.threads)
+        if self.device == "cuda":
+            module = getattr(model, "module", None)
+            if isinstance(module, torch.nn.Module):
+                module.to("cuda")
+        return model
+
+
+class ModelWorker:
+    """Steps the streams it owns; every method returns quickly but :meth:`step`."""
+
+    def __init__(self, spec: ModelSpec, name: str = "worker") -> None:
+        self.name = name
+        self.spec = spec
+        self.model = spec.load()
+        self.store = StateStore(self.model)
+        self.calls = 0
+
+    def ready(self) -> dict[str, Any]:
+        """Where this worker runs: its node's host name (and Ray node id, as an actor),
+        its process."""
+        node = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except ImportError:
+            pass
+        return {"name": self.name, "host": socket.gethostname(), "node": node, "pid": os.getpid()}
+
+    def step(
+        self,
+        chunks: Mapping[str, Chunk],
+        drop: Sequence[str] = (),
+        snapshot: Sequence[str] = (),
+    ) -> tuple[dict[str, Tensor], dict[str, State]]:
+        """Forget the streams ``drop``; step every stream's chunk (from a fresh state when
+        its flag says so), in one batched call; return each stream's ``y [T, K]`` and the
+        states after the call of the streams ``snapshot``."""
+        for stream in drop:
+            self.store.end(stream)
+        xs: dict[str, Tensor] = {}
+        for stream, (fresh, x) in chunks.items():
+            if fresh:
+                self.store.reset(stream)
+            xs[stream] = x
+        self.calls += 1
+        ys = step_batch(self.model, self.store, xs, 0.0, max_batch=self.spec.max_batch)
+        return ys, {stream: self.store.get(stream) for stream in snapshot}
+
+    def restore(
+        self, streams: Mapping[str, tuple[State | None, Sequence[Chunk]]]
+    ) -> dict[str, list[Tensor]]:
+        """Take streams over: each from its snapshot (None: fresh), then its chunks since
+        the snapshot stepped again, in order (round by round, the streams' i-th chunks in
+        one call); returns each chunk's ``y``."""
+        for stream, (state, _) in streams.items():
+            self.store.end(stream)
+            if state is not None:
+                self.store.put(stream, state, 0.0)
+        outputs: dict[str, list[Tensor]] = {stream: [] for stream in streams}
+        longest = max((len(chunks) for _, chunks in streams.values()), default=0)
+        for i in range(longest):
+            round_ = {s: chunks[i] for s, (_, chunks) in streams.items() if len(chunks) > i}
+            ys, _ = self.step(round_)
+            for stream, y in ys.items():
+                outputs[stream].append(y)
+        return outputs
+
+    def export(self, streams: Sequence[str]) -> dict[str, State]:
+        """The states of ``streams``, which this worker then forgets (they move)."""
+        states = {stream: self.store.get(stream) for stream in streams}
+        for stream in streams:
+            self.store.end(stream)
+        return states
+
+    def load(self, states: Mapping[str, State]) -> None:
+        """Take streams over from their states (moved from another worker)."""
+        for stream, state in states.items():
+            self.store.put(stream, state, 0.0)
+
+    def streams(self) -> list[str]:
+        return self.store.streams()

@@ -1,0 +1,247 @@
+"""The Ray engine (``[run] engine = "ray"``) on a real two-node Ray cluster on this
+machine: 64 streams on 2 model actors give each stream exactly the in-process engine's
+outputs, and so does a run in which an actor is killed, a node is removed, an actor
+freezes past the deadline, or the pool grows from 2 to 3 actors mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require
+
+from streamer.build import build_pipeline
+from streamer.config import parse_config
+from streamer.pipeline import Pipeline
+
+STREAMS = 64
+SECONDS = 2.0
+
+# factories resolve from the repository root, as on the command line
+pytestmark = pytest.mark.usefixtures("in_repo")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        require(False, "Ray (pip install 'streamer[ray]')")
+    from raycluster import two_node_cluster
+
+    with two_node_cluster() as started:
+        yield started
+
+
+def pipeline_config(
+    out: Path, engine: str = "local", streams: int = STREAMS, **run: Any
+) -> dict[str, Any]:
+    """``streams`` noise streams through the log-mel GRU tagger, online, chunks of 4."""
+    return {
+        "sources": [
+            {
+                "uri": f"synthetic:noise?seed={i}&duration={SECONDS}",
+                "stream": f"s{i:02d}",
+                "chunk": 512,
+                "pace": "fast",
+            }
+            for i in range(streams)
+        ],
+        "model": {
+            "factory": "pipelines.audio_tagging:build",
+            "features": "logmel",
+            "labels": ["silence", "speech"],
+            "head": "frame",
+            "chunk": 4,
+        },
+        "run": {"mode": "online", "engine": engine, **run},
+        "sinks": [{"type": "jsonl", "path": str(out)}],
+    }
+
+
+def per_stream(path: Path) -> dict[str, list[dict[str, Any]]]:
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        streams.setdefault(record["stream"], []).append(record)
+    return streams
+
+
+def assert_same_outputs(
+    got: dict[str, list[dict[str, Any]]], want: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Per stream: the same outputs in the same order (scores to float rounding: a chunk
+    stepped in a batch of another size may differ in the last bits, about 1e-7)."""
+    assert sorted(got) == sorted(want)
+    for stream, records in want.items():
+        mine = got[stream]
+        assert [(r["start"], r["end"], r["label"]) for r in mine] == [
+            (r["start"], r["end"], r["label"]) for r in records
+        ], stream
+        for a, b in zip(mine, records, strict=True):
+            assert a["scores"] == pytest.approx(b["scores"], abs=1e-5), (stream, a["start"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """The in-process engine's outputs."""
+    out = tmp_path_factory.mktemp("reference") / "local.jsonl"
+    summary = asyncio.run(build_pipeline(parse_config(pipeline_config(out), "-")).run())
+    assert summary["outputs"] > STREAMS * 50
+    return per_stream(out)
+
+
+def engine_of(pipeline: Pipeline) -> Any:
+    return next(s.engine for s in pipeline.stages if getattr(s, "engine", None) is not None)
+
+
+def run_ray(
+    out: Path, during: Callable[[Any], None] | None = None, after_calls: int = 15, **run: Any
+) -> tuple[dict[str, Any], Any]:
+    """A Ray-engine run; ``during(engine)`` is called once ``after_calls`` ticks went."""
+    config = parse_config(pipeline_config(out, "ray", **run), "-")
+    pipeline = build_pipeline(config)
+    engine = engine_of(pipeline)
+
+    async def main() -> dict[str, Any]:
+        async def meddle() -> None:
+            while engine.calls < after_calls:
+                await asyncio.sleep(0.002)
+            assert during is not None
+            during(engine)
+
+        task = asyncio.create_task(meddle()) if during else None
+        summary = await pipeline.run()
+        if task is not None:
+            assert task.done(), "the run ended before the meddling"
+            task.result()
+        return summary
+
+    return asyncio.run(main()), engine
+
+
+def test_64_streams_on_2_actors_give_the_in_process_outputs(
+    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    summary, engine = run_ray(tmp_path / "ray.jsonl", workers=2)
+    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
+    report = summary["engine"]
+    assert report["engine"] == "ray" and report["failovers"] == []
+    assert len(report["workers"]) == 2
+    # the two actors are on the two nodes, and both served streams (consistent hashing)
+    assert len({w["node"] for w in report["workers"]}) == 2
+    served = {engine.owner(f"s{i:02d}") for i in range(STREAMS)}
+    assert served == {"model-0", "model-1"}
+    # one call per actor per tick: far fewer calls than chunks
+    assert summary["mean_batch"] > 8
+
+
+def test_a_killed_actor_changes_no_output(
+    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    import ray
+
+    killed: list[str] = []
+
+    def kill(engine: Any) -> None:
+        name = sorted(set(engine.held().values()))[0]
+        killed.append(name)
+        ray.kill(engine.actor(name), no_restart=True)
+
+    summary, engine = run_ray(tmp_path / "ray.jsonl", kill, workers=2, snapshot_every=4)
+    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
+    report = summary["engine"]
+    assert [f["worker"] for f in report["failovers"]] == killed
+    moved = report["failovers"][0]["streams"]
+    assert 0 < moved < STREAMS and report["replayed_chunks"] > 0
+    assert len(report["outage_s"]) == moved
+    assert [w["name"] for w in report["workers"]] == [n for n in ("model-0", "model-1") if n not in killed]
+
+
+def test_a_removed_node_changes_no_output(
+    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    worker_node = cluster.worker_nodes and next(iter(cluster.worker_nodes))
+    assert worker_node, "the cluster has a worker node"
+    removed: list[str] = []
+
+    def remove(engine: Any) -> None:
+        on_node = [n for n, node in engine.nodes().items() if node == worker_node.node_id]
+        assert on_node, "an actor is on the worker node"
+        removed.extend(on_node)
+        cluster.remove_node(worker_node)
+
+    try:
+        summary, _ = run_ray(tmp_path / "ray.jsonl", remove, workers=2)
+    finally:
+        if removed:  # the next tests want two nodes again
+            cluster.add_node(num_cpus=2)
+            cluster.wait_for_nodes()
+    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
+    report = summary["engine"]
+    assert sorted(f["worker"] for f in report["failovers"]) == sorted(removed)
+
+
+def test_a_frozen_actor_is_given_up_at_the_deadline(
+    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """SIGSTOP on an actor's process: Ray still sees it alive; the deadline does not."""
+    import ray
+
+    frozen: list[int] = []
+
+    def freeze(engine: Any) -> None:
+        name = sorted(set(engine.held().values()))[-1]
+        pid = ray.get(engine.actor(name).ready.remote())["pid"]
+        frozen.append(pid)
+        os.kill(pid, signal.SIGSTOP)
+
+    try:
+        summary, _ = run_ray(tmp_path / "ray.jsonl", freeze, workers=2, deadline_s=1.0)
+    finally:
+        for pid in frozen:
+            with_suppressed(lambda p=pid: os.kill(p, signal.SIGCONT))
+    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
+    failovers = summary["engine"]["failovers"]
+    assert len(failovers) == 1 and failovers[0]["outage_s"] >= 1.0
+
+
+def test_scaling_from_2_to_3_actors_mid_run_keeps_the_outputs(
+    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    before: dict[str, str] = {}
+
+    def scale(engine: Any) -> None:
+        before.update(engine.held())
+        engine.request_scale(3)
+
+    summary, engine = run_ray(tmp_path / "ray.jsonl", scale, workers=2)
+    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
+    report = summary["engine"]
+    assert [w["name"] for w in report["workers"]] == ["model-0", "model-1", "model-2"]
+    assert report["failovers"] == []
+    # the streams the new actor owns moved to it, and only those
+    owned = {s for s in before if engine.owner(s) == "model-2"}
+    assert report["moved_streams"] == len(owned) > 0
+
+
+def test_ray_refuses_offline_mode_and_the_generate_head(tmp_path: Path) -> None:
+    from streamer.errors import InputError
+
+    config = pipeline_config(tmp_path / "x.jsonl", "ray", streams=1)
+    config["run"]["mode"] = "offline"
+    with pytest.raises(InputError, match="engine = 'ray' runs the realtime and online modes"):
+        build_pipeline(parse_config(config, "-"))
+
+
+def with_suppressed(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except OSError:
+        pass
