@@ -17,12 +17,13 @@ starts (the sink's socket listens from the build on).
 The cost measured is that of browsers that are connected, in steady state: the defaults
 make each run about 15 s long, so the one-off cost of 20 connections arriving at once
 (their handshakes and each page's first snapshot, about 0.15 s of the run's loop) weighs
-about 1 %; in runs of under 2 s (the earlier defaults) it weighed several per cent. ``R`` pairs of runs, one of each, in turn first; the figure
-is the median of the pairs' ratios (a pair's two runs see the same moment of the
-machine's load); the best of each and their ratio are reported too. Also reported: the
-CPU time of the pipeline's process per output with and without (what the view costs the
-run's own process), and the share of a core the stand-in clients took (real browsers run
-on other machines; these take it from the cores the pipeline uses).
+about 1 %; in runs of under 2 s (the earlier defaults) it weighed several per cent.
+``R`` pairs of runs, one of each, in turn first; the figure is the median of the pairs'
+ratios (a pair's two runs see the same moment of the machine's load); the best of each
+and their ratio are reported too. Also reported: the CPU time of the pipeline's process
+per output with and without (what the view costs the run's own process), and the share
+of a core the stand-in clients took (real browsers run on other machines; these take it
+from the cores the pipeline uses).
 
 Target: the clients cost < 5% of the throughput (median paired ratio with / without
 >= 0.95). Also reported: the frames and WebSocket messages the clients got, and the same

@@ -6,6 +6,7 @@ freezes past the deadline, or the pool grows from 2 to 3 actors mid-run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -98,7 +99,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
 
 
 def engine_of(pipeline: Pipeline) -> Any:
-    return next(s.engine for s in pipeline.stages if getattr(s, "engine", None) is not None)
+    return next(e for s in pipeline.stages if (e := getattr(s, "engine", None)) is not None)
 
 
 def run_ray(
@@ -111,7 +112,7 @@ def run_ray(
 
     async def main() -> dict[str, Any]:
         async def meddle() -> None:
-            while engine.calls < after_calls:
+            while engine.calls < after_calls:  # noqa: ASYNC110 - the engine's own counter
                 await asyncio.sleep(0.002)
             assert during is not None
             during(engine)
@@ -154,14 +155,15 @@ def test_a_killed_actor_changes_no_output(
         killed.append(name)
         ray.kill(engine.actor(name), no_restart=True)
 
-    summary, engine = run_ray(tmp_path / "ray.jsonl", kill, workers=2, snapshot_every=4)
+    summary, _ = run_ray(tmp_path / "ray.jsonl", kill, workers=2, snapshot_every=4)
     assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
     report = summary["engine"]
     assert [f["worker"] for f in report["failovers"]] == killed
     moved = report["failovers"][0]["streams"]
     assert 0 < moved < STREAMS and report["replayed_chunks"] > 0
     assert len(report["outage_s"]) == moved
-    assert [w["name"] for w in report["workers"]] == [n for n in ("model-0", "model-1") if n not in killed]
+    survivors = [n for n in ("model-0", "model-1") if n not in killed]
+    assert [w["name"] for w in report["workers"]] == survivors
 
 
 def test_a_removed_node_changes_no_output(
@@ -206,7 +208,8 @@ def test_a_frozen_actor_is_given_up_at_the_deadline(
         summary, _ = run_ray(tmp_path / "ray.jsonl", freeze, workers=2, deadline_s=1.0)
     finally:
         for pid in frozen:
-            with_suppressed(lambda p=pid: os.kill(p, signal.SIGCONT))
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
     assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
     failovers = summary["engine"]["failovers"]
     assert len(failovers) == 1 and failovers[0]["outage_s"] >= 1.0
@@ -238,10 +241,3 @@ def test_ray_refuses_offline_mode_and_the_generate_head(tmp_path: Path) -> None:
     config["run"]["mode"] = "offline"
     with pytest.raises(InputError, match="engine = 'ray' runs the realtime and online modes"):
         build_pipeline(parse_config(config, "-"))
-
-
-def with_suppressed(fn: Callable[[], object]) -> None:
-    try:
-        fn()
-    except OSError:
-        pass
