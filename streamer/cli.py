@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -369,7 +369,10 @@ async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
     code = EXIT_OK
     assert pipeline.metrics is not None
     try:
-        with _Interrupts("draining", lambda: pipeline.stop("interrupted"), pipeline.abort):
+        with (
+            _Interrupts("draining", lambda: pipeline.stop("interrupted"), pipeline.abort),
+            _scaling_signals(pipeline),
+        ):
             await pipeline.run()
     except asyncio.CancelledError:
         if not pipeline.aborted:
@@ -381,6 +384,23 @@ async def _run_pipeline(pipeline: Pipeline, summary: dict[str, Any]) -> int:
     # After a failure the error line is the only thing on stderr (--metrics still has it).
     print(format_summary(summary), file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def _scaling_signals(pipeline: Pipeline) -> Iterator[None]:
+    """With the Ray engine: SIGUSR1 adds a model actor, SIGUSR2 removes one."""
+    engine = next((e for s in pipeline.stages if (e := getattr(s, "engine", None))), None)
+    if engine is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, engine.scale_by, 1)
+    loop.add_signal_handler(signal.SIGUSR2, engine.scale_by, -1)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        loop.remove_signal_handler(signal.SIGUSR2)
 
 
 def _add_source_flags(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -476,8 +496,7 @@ def _check_partials(out_dir: Path, clean: bool) -> None:
     running = [p for p in partials if p.running]
     if running:
         raise InputError(
-            f"{out_dir}: process {running[0].pid} is already recording it "
-            f"(into {running[0].path})"
+            f"{out_dir}: process {running[0].pid} is already recording it (into {running[0].path})"
         )
     if not partials:
         return

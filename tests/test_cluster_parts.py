@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -143,3 +144,25 @@ def test_nothing_imports_ray_unless_the_engine_asks(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
     assert out.stat().st_size > 0
+
+
+@pytest.mark.usefixtures("in_repo")
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ray", "127.0.0.1:9"], "[run] ray_address: no Ray cluster answers at 127.0.0.1:9"),
+        (["--ray", "somewhere"], "[run] ray_address: 'somewhere' is not HOST:PORT"),
+        (["--ray", "--mode", "offline"], "engine = 'ray' runs the realtime and online modes"),
+    ],
+)
+def test_bad_ray_settings_are_one_line_and_exit_2(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.cli import main
+
+    out = tmp_path / "out.jsonl"
+    args = ["run", "gru_tagging", "--source", "synthetic:noise?duration=1", "--out", str(out)]
+    assert main([*args, "-q", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err

@@ -241,3 +241,41 @@ def test_ray_refuses_offline_mode_and_the_generate_head(tmp_path: Path) -> None:
     config["run"]["mode"] = "offline"
     with pytest.raises(InputError, match="engine = 'ray' runs the realtime and online modes"):
         build_pipeline(parse_config(config, "-"))
+
+
+def test_the_command_line_runs_on_the_cluster_and_sigusr1_adds_an_actor(
+    cluster: Any,
+    reference: dict[str, list[dict[str, Any]]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``streamer run FILE --ray``: the pipeline file's 64 streams on the cluster's actors;
+    a SIGUSR1 to the process mid-run (sent at the 10th tick) scales out by one actor."""
+    from streamer.cli import main
+    from streamer.cluster.engine import RayEngine
+
+    step = RayEngine.step
+
+    async def signalling_step(self: RayEngine, chunks: Any) -> Any:
+        if self.calls == 10:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return await step(self, chunks)
+
+    monkeypatch.setattr(RayEngine, "step", signalling_step)
+    sources = "".join(
+        f'[[sources]]\nuri = "synthetic:noise?seed={i}&duration={SECONDS}"\n'
+        f'stream = "s{i:02d}"\nchunk = 512\npace = "fast"\n\n'
+        for i in range(STREAMS)
+    )
+    pipeline = tmp_path / "many.toml"
+    pipeline.write_text(
+        sources + '[model]\nfactory = "pipelines.audio_tagging:build"\nfeatures = "logmel"\n'
+        'labels = ["silence", "speech"]\nchunk = 4\n\n[run]\nmode = "online"\nworkers = 2\n',
+        encoding="utf-8",
+    )
+    out, metrics = tmp_path / "out.jsonl", tmp_path / "metrics.json"
+    args = ["run", str(pipeline), "--ray", "--out", str(out), "--metrics", str(metrics), "-q"]
+    assert main(args) == 0
+    assert_same_outputs(per_stream(out), reference)
+    report = json.loads(metrics.read_text(encoding="utf-8"))["engine"]
+    assert len(report["workers"]) == 3 and report["moved_streams"] > 0

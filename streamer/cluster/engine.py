@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -161,6 +162,8 @@ class RayEngine:
         self._ray = ray
         if not ray.is_initialized():
             address = self.options.address
+            if address is not None:
+                check_reachable(address)
             local: dict[str, Any] = {} if address else {"include_dashboard": False}
             try:
                 ray.init(
@@ -224,6 +227,14 @@ class RayEngine:
             raise ValueError(f"workers must be >= 1, not {workers}")
         with self._lock:
             self._wanted = workers
+
+    def scale_by(self, delta: int) -> None:
+        """One more (``+1``) or one fewer (``-1``) actor than asked for last, at least one
+        (``streamer run``: SIGUSR1 and SIGUSR2)."""
+        with self._lock:
+            now = self._wanted if self._wanted is not None else len(self._slots)
+            self._wanted = max(1, now + delta)
+            log.warning("engine ray: scaling to %d model actors", self._wanted)
 
     @property
     def workers(self) -> list[str]:
@@ -459,6 +470,26 @@ class RayEngine:
             "outage_s_max": round(max(self.outage_s.values(), default=0.0), 3),
             "outage_s": {s: round(v, 3) for s, v in sorted(self.outage_s.items())},
         }
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse (one line) a cluster address whose port does not answer: Ray itself retries
+    an unreachable address for minutes. ``auto`` and ``local`` are Ray's to resolve."""
+    if address in ("auto", "local"):
+        return
+    where = address.removeprefix("ray://").split("/", 1)[0]
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(
+            f"[run] ray_address: {address!r} is not HOST:PORT, ray://HOST:PORT or 'auto'"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"[run] ray_address: no Ray cluster answers at {address} ({exc})"
+        ) from None
 
 
 def _cat(ys: list[Tensor]) -> Tensor:
