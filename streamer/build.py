@@ -188,7 +188,7 @@ def input_paths(config: PipelineConfig, pipeline_file: str | None) -> list[tuple
 def source_options(src: SourceConfig, mode: str, retry: bool = False) -> SourceOptions:
     """The options a source gets from its ``[source]`` table (every key but ``uri``, as
     the file gives it) and the run's mode (the pace by default, the push buffer's policy)."""
-    table = src.model_dump(exclude={"uri"})
+    table = src.model_dump(exclude={"uri", "node"})
     return SourceOptions(
         **{**table, "pace": src.pace or ("realtime" if mode == "realtime" else "fast")},
         overflow="latest" if mode == "realtime" else "drop-oldest",
@@ -209,7 +209,10 @@ def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
     for number, src in enumerate(tables):
         options = source_options(src, config.run.mode, several and not config.run.fail_fast)
         try:
-            source = open_source(src.uri, options, clock)
+            if src.node is not None:
+                source = _remote_source(src.uri, options, clock, src.node, config)
+            else:
+                source = open_source(src.uri, options, clock)
         except InputError as exc:
             if several:
                 raise InputError(f"{config.source_name(number)}: {exc}") from exc
@@ -225,6 +228,17 @@ def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
             owners[stream] = number
         sources.append(source)
     return sources
+
+
+def _remote_source(
+    uri: str, options: SourceOptions, clock: Clock, node: str, config: PipelineConfig
+) -> Source:
+    """A source read by a Ray actor on ``node`` (Ray connected first)."""
+    from streamer.cluster.engine import connect_ray
+    from streamer.cluster.source import RemoteSource
+
+    ray, _ = connect_ray(config.run.ray_address)
+    return RemoteSource(uri, options, clock, node, ray)
 
 
 def stream_ids(source: Source) -> list[str]:

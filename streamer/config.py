@@ -64,6 +64,9 @@ class SourceConfig(_Section):
     stream: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
     timeout: Annotated[Float, Field(gt=0, le=600)] = 5.0
     latency: Literal["low", "high"] | Annotated[Float, Field(gt=0, le=10)] = "low"
+    #: read the source on another machine: a Ray source actor on this node (its Ray node
+    #: id or IP address), for a device attached there (needs Ray: [run] ray_address)
+    node: Annotated[Str, Field(min_length=1, max_length=200)] | None = None
 
 
 class SmoothingConfig(_Section):

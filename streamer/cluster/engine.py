@@ -133,7 +133,6 @@ class RayEngine:
         self.store = RemoteStates(model, ttl)
         self._ray: Any = None
         self._remote: Any = None
-        self._started_ray = False
         self._slots: dict[str, _Slot] = {}
         self._ring = HashRing()
         self._logs: dict[str, _Log] = {}
@@ -153,33 +152,10 @@ class RayEngine:
         """Connect to Ray (start a local one without an address) and start the actors;
         a cluster that cannot be reached or a model an actor cannot load is an
         InputError naming it. Blocking: call it before the run."""
-        try:
-            import ray
-        except ImportError:
-            raise InputError(
-                "[run] engine = 'ray': Ray is not installed (pip install 'streamer[ray]')"
-            ) from None
+        # a local Ray started here stops with the process (Ray's own exit handler): stopping
+        # it in close() would block the event loop for a second or two
+        ray, _ = connect_ray(self.options.address, self.options.namespace)
         self._ray = ray
-        if not ray.is_initialized():
-            address = self.options.address
-            if address is not None:
-                check_reachable(address)
-            local: dict[str, Any] = {} if address else {"include_dashboard": False}
-            try:
-                ray.init(
-                    address=address,
-                    namespace=self.options.namespace,
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                    configure_logging=False,
-                    **local,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                where = address or "a local Ray"
-                raise InputError(
-                    f"[run] engine = 'ray': cannot start or reach {where}: {exc}"
-                ) from None
-            self._started_ray = True
         self._remote = ray.remote(ModelWorker)
         for _ in range(self.options.workers):
             self._add_slot()
@@ -210,15 +186,13 @@ class RayEngine:
         return slot
 
     def close(self) -> None:
-        """Stop the actors (and the local Ray this engine started); idempotent."""
+        """Stop the actors; idempotent."""
         ray, self._ray = self._ray, None
         if ray is None:
             return
         for slot in self._slots.values():
             with contextlib.suppress(Exception):  # an actor already gone
                 ray.kill(slot.handle, no_restart=True)
-        if self._started_ray:
-            ray.shutdown()
 
     # -- scaling -------------------------------------------------------------------------
     def request_scale(self, workers: int) -> None:
@@ -470,6 +444,36 @@ class RayEngine:
             "outage_s_max": round(max(self.outage_s.values(), default=0.0), 3),
             "outage_s": {s: round(v, 3) for s, v in sorted(self.outage_s.items())},
         }
+
+
+def connect_ray(address: str | None, namespace: str | None = None) -> tuple[Any, bool]:
+    """The ``ray`` module, connected: to the cluster at ``address``, or a local Ray
+    started now (without one); True when this call started or joined it. An
+    InputError (one line) when Ray is missing or the cluster does not answer."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            "[run] engine = 'ray': Ray is not installed (pip install 'streamer[ray]')"
+        ) from None
+    if ray.is_initialized():
+        return ray, False
+    if address is not None:
+        check_reachable(address)
+    local: dict[str, Any] = {} if address else {"include_dashboard": False}
+    try:
+        ray.init(
+            address=address,
+            namespace=namespace,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            configure_logging=False,
+            **local,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray"
+        raise InputError(f"[run] engine = 'ray': cannot start or reach {where}: {exc}") from None
+    return ray, True
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
