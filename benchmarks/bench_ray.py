@@ -16,7 +16,7 @@ file, three ways, one after the other in this process:
 Ray is a local one, started here (``ray.init(address="local", num_cpus=4, ...)``, so that a
 Ray cluster another program started on this machine is never joined) before the runs are
 built, so the engine reuses it; it is shut down at the end. Each actor asks for 1 CPU; Ray
-gives an actor 1 torch thread.
+gives an actor 1 torch thread, and this process uses ``--threads`` (default 1) too.
 
 Per run: ``elapsed_s`` and ``outputs_per_s`` (the summary's ``elapsed_s`` and ``fps_out``),
 stream-chunks per second (``frames_in / elapsed_s``), the stage's ``model_calls`` and
@@ -237,7 +237,8 @@ def payload_costs(batch: int) -> dict[str, Any]:
 
 def model_costs(batch: int, seconds: float = 1.0) -> dict[str, Any]:
     """The model alone: ``batch`` streams stepped together (``ModelWorker.step``, what an
-    actor runs) on this process's torch threads; and one stream's state size."""
+    actor runs) on this process's torch threads; and one stream's state size (raw, and
+    pickled as a snapshot is sent)."""
     from streamer.cluster.worker import ModelSpec, ModelWorker
 
     worker = ModelWorker(ModelSpec(factory="pipelines.silero:build", path=None))
@@ -253,7 +254,8 @@ def model_costs(batch: int, seconds: float = 1.0) -> dict[str, Any]:
         worker.step(chunks)
         calls += 1
     per_call = (time.perf_counter() - started) / calls
-    state = worker.store.get("s0000")
+    _, snapshots = worker.step(chunks, (), ["s0000"])  # a snapshot as an actor sends it
+    state = snapshots["s0000"]
     return {
         "batch": batch,
         "torch_threads": torch.get_num_threads(),
@@ -261,6 +263,9 @@ def model_costs(batch: int, seconds: float = 1.0) -> dict[str, Any]:
         "ms_per_chunk": round(per_call / batch * 1000, 4),
         "state_bytes_raw": sum(t.numel() * t.element_size() for t in state.tensors),
         "state_bytes_pickled": len(pickle.dumps(state)),
+        # the store's own state is a view into its batch's tensors: pickled, it carries
+        # the whole batch (what a snapshot was before the worker copied it)
+        "state_view_bytes_pickled": len(pickle.dumps(worker.store.get("s0000"))),
     }
 
 
@@ -392,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="audio per stream")
     parser.add_argument("--kill-after", type=int, default=20, help="failover: ticks before")
     parser.add_argument("--round-trips", type=int, default=200, help="no-op calls timed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # as an actor's (Ray gives each 1)
     os.chdir(ROOT)  # the actors import the model's factory from the driver's folder
     load_before = loadavg()
     began = time.perf_counter()
@@ -479,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         measured={},
         notes=(
             "one machine: the driver, the Ray daemons and the actors share its cores (Ray"
-            " told 4 CPUs; each actor 1 CPU and 1 torch thread; the in-process engine uses"
-            " this process's torch threads). Sources unpaced, so chunks/s is capacity."
+            " told 4 CPUs; each actor 1 CPU and 1 torch thread; the in-process engine"
+            " --threads, default 1). Sources unpaced, so chunks/s is capacity."
             " overhead per call = (elapsed_ray - elapsed_in_process) / calls; the engine"
             " sends each chunk as its own torch tensor, whose pickling dominates (payload)."
             " driver_ms_per_chunk_est = the in-process run's CPU per chunk less the model"

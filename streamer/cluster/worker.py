@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from streamer.models import State, StatefulModel, StateStore, load_model, step_batch
@@ -96,7 +97,8 @@ class ModelWorker:
             xs[stream] = x
         self.calls += 1
         ys = step_batch(self.model, self.store, xs, 0.0, max_batch=self.spec.max_batch)
-        return ys, {stream: self.store.get(stream) for stream in snapshot}
+        outputs = {stream: _own(y) for stream, y in ys.items()}
+        return outputs, {stream: _own_state(self.store.get(stream)) for stream in snapshot}
 
     def restore(
         self, streams: Mapping[str, tuple[State | None, Sequence[Chunk]]]
@@ -119,7 +121,7 @@ class ModelWorker:
 
     def export(self, streams: Sequence[str]) -> dict[str, State]:
         """The states of ``streams``, which this worker then forgets (they move)."""
-        states = {stream: self.store.get(stream) for stream in streams}
+        states = {stream: _own_state(self.store.get(stream)) for stream in streams}
         for stream in streams:
             self.store.end(stream)
         return states
@@ -131,3 +133,14 @@ class ModelWorker:
 
     def streams(self) -> list[str]:
         return self.store.streams()
+
+
+def _own(tensor: Tensor) -> Tensor:
+    """``tensor`` in a storage of its own: a stream's output and state are views into its
+    batch's tensors, and a view is pickled (sent over Ray) with its whole storage, every
+    stream of the batch."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
+def _own_state(state: State) -> State:
+    return State(tuple(_own(t) for t in state.tensors), state.batch_axes, state.batch)
