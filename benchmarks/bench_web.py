@@ -10,9 +10,10 @@ and a GRU, torch on one thread) on the moving synthetic video
 pace (lossless, as fast as it goes), writing JSONL; throughput is its ``fps_out`` (outputs
 a second between the first and the last). With the web sink (``--serve 127.0.0.1:0``,
 defaults: 15 fps per stream, JPEG quality 80), ``N`` clients in ANOTHER process (so
-that they do not share the pipeline's event loop; they do share the machine's cores) each
-read the MJPEG stream and the WebSocket to the run's end; they connect before the run
-starts (the sink's socket listens from the build on).
+that they do not share the pipeline's event loop; they do share the machine's cores, at
+the lowest priority, ``nice 19``: real browsers run on other machines) each read the MJPEG
+stream and the WebSocket to the run's end; they connect before the run starts (the
+sink's socket listens from the build on).
 
 The cost measured is that of browsers that are connected, in steady state: the defaults
 make each run about 15 s long, so the one-off cost of 20 connections arriving at once
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -191,6 +193,10 @@ def main() -> None:
     parser.add_argument("--stream", default="shapes", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client_process:
+        # the lowest priority: real browsers run on other machines and take none of the
+        # pipeline's CPU; these take only what it leaves (and so read late, as a slow
+        # browser does: the view sends them fewer frames, never older ones)
+        os.nice(19)
         asyncio.run(clients_main(args.clients, args.stream))
         return
 

@@ -310,3 +310,63 @@ def test_sources_on_another_node_are_read_there_and_give_the_same_outputs(
 
     with pytest.raises(InputError, match=r"node '10.255.255.1': no live Ray node .*; nodes: "):
         build_pipeline(parse_config(config, "-"))
+
+
+def test_gaps_restarts_and_lookahead_on_the_engine_equal_the_in_process_stage(
+    cluster: Any,
+) -> None:
+    """Scripted streams with resetting gaps, a stream id that starts again, lookahead 2
+    and chunks of 3: the model stage on the engine (its states on 2 actors, a snapshot
+    every 2 chunks) gives the in-process stage's outputs."""
+    import numpy as np
+    from test_model_stage import stream_script
+
+    from streamer.build import _ray_engine  # the engine as a run makes it
+    from streamer.models import load_model
+    from streamer.stages.model import ModelSettings, ModelStage
+    from streamer.testing import run_scripted
+
+    def frames(n: int, seed: int) -> Any:  # [n, 40]: one 40-sample frame per step
+        return np.random.default_rng(seed).uniform(-1, 1, (n, 40)).astype(np.float32)
+
+    def scripts() -> list[list[Any]]:
+        a = stream_script("a", frames(40, 1), gaps={7: 2, 20: 1})
+        b = stream_script("b", frames(30, 2))
+        b_again = stream_script("b", frames(12, 3))  # the id starts again
+        c = stream_script("c", frames(25, 4), gaps={3: 5})
+        return [a, b + b_again, c]
+
+    def settings_for(**options: Any) -> ModelSettings:
+        return ModelSettings(labels=("silence", "speech"), **options)
+
+    model = load_model("pipelines.audio_tagging:build")
+    options = {"features": "raw", "lookahead": 2, "chunk": 3, "on_gap": "reset"}
+    local = asyncio.run(
+        run_scripted(scripts(), [ModelStage(model, settings_for(**options), mode="online")])
+    )
+    config = parse_config(
+        {
+            "source": {"uri": "synthetic:noise?duration=1"},
+            "model": {
+                "factory": "pipelines.audio_tagging:build",
+                "labels": ["silence", "speech"],
+                **options,
+            },
+            "run": {"engine": "ray", "workers": 2, "snapshot_every": 2},
+        },
+        "-",
+    )
+    settings = settings_for(**options)
+    engine = _ray_engine(config, model, settings)
+    stage = ModelStage(model, settings, mode="online", engine=engine)
+    remote = asyncio.run(run_scripted(scripts(), [stage]))
+    assert len(remote.outputs) == len(local.outputs) > 90
+    for got, want in zip(remote.outputs, local.outputs, strict=True):
+        assert (got.stream, got.start, got.end, got.label) == (
+            want.stream,
+            want.start,
+            want.end,
+            want.label,
+        )
+        assert got.scores == pytest.approx(want.scores, abs=1e-5)
+    assert engine.calls > 10 and set(engine.report()["outage_s"]) == set()
