@@ -310,7 +310,8 @@ def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) ->
         path=None if model.path is None else str(Path(model.path).resolve()),
         options=dict(model.options or {}),
         threads=model.threads,
-        device=model.device,
+        # an actor given a GPU runs the model there (the driver needs none)
+        device="cuda" if run.worker_gpus > 0 else model.device,
         cwd=str(Path.cwd()),
         max_batch=settings.max_batch,
     )
