@@ -183,6 +183,7 @@ def test_a_killed_actor_and_a_frozen_one_change_no_output(
     assert [f["worker"] for f in report["failovers"]] == lost
     killed, stalled = report["failovers"]
     assert killed["streams"] > 0 and report["replayed_chunks"] > 0
+    assert report["replayed_steps"] >= report["replayed_chunks"]
     assert stalled["outage_s"] >= 1.0  # given up at the deadline, not before
     # each moved stream's outage is reported (a stream may have moved twice)
     moved = len(report["outage_s"])

@@ -143,6 +143,7 @@ class RayEngine:
         # the report
         self.failovers: list[dict[str, Any]] = []
         self.replayed = 0
+        self.replayed_steps = 0  # model steps (frames' features) stepped again
         self.moved = 0
         self.calls = 0
         self.outage_s: dict[str, float] = {}
@@ -375,7 +376,7 @@ class RayEngine:
         for stream in streams:
             targets.setdefault(self._ring.owner(stream), []).append(stream)
         ys: dict[str, Tensor] = {}
-        replayed = 0
+        replayed = steps = 0
         for target, group in targets.items():
             dest = self._slots[target]
             payload = {
@@ -395,6 +396,7 @@ class RayEngine:
             for stream, ys_ in outputs.items():
                 entries = self._logs[stream].entries
                 replayed += sum(e.delivered for e in entries)
+                steps += sum(int(e.x.shape[0]) for e in entries if e.delivered)
                 fresh = [y for e, y in zip(entries, ys_, strict=True) if not e.delivered]
                 if fresh:
                     ys[stream] = fresh[-1] if len(fresh) == 1 else _cat(fresh)
@@ -402,12 +404,14 @@ class RayEngine:
         for stream in streams:
             self.outage_s[stream] = max(self.outage_s.get(stream, 0.0), outage)
         self.replayed += replayed
+        self.replayed_steps += steps
         self.failovers.append(
             {
                 "worker": name,
                 "host": slot.host,
                 "streams": len(streams),
                 "replayed_chunks": replayed,
+                "replayed_steps": steps,
                 "outage_s": round(outage, 3),
             }
         )
@@ -440,6 +444,7 @@ class RayEngine:
             "calls": self.calls,
             "failovers": self.failovers,
             "replayed_chunks": self.replayed,
+            "replayed_steps": self.replayed_steps,
             "moved_streams": self.moved,
             "outage_s_max": round(max(self.outage_s.values(), default=0.0), 3),
             "outage_s": {s: round(v, 3) for s, v in sorted(self.outage_s.items())},
