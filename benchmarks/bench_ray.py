@@ -1,13 +1,14 @@
 """The Ray engine against the in-process engine on many Silero streams, and its failover time.
 
 Run: ``.venv/bin/python benchmarks/bench_ray.py [--streams N] [--seconds S] [--kill-after K]``
-(about 2 minutes with the defaults on 2 cores; ``make bench`` runs ``--streams 64``).
+(under 2 minutes with the defaults on 2 cores; ``make bench`` runs ``--streams 64``).
 
 ``N`` synthetic 16 kHz noise streams (``synthetic:noise?seed=I&duration=S``, ``chunk =
 512``, ``pace = "fast"``: as fast as read, so the rates are capacity) through the model of
 ``pipelines/audio_tagging.toml`` (its ``[model]`` table as the file gives it: Silero VAD,
 raw features, per-stream LSTM state and context, its smoothing), ``online``, into a JSONL
-file, three ways, one after the other in this process:
+file (``--queue Q``: ``[run] queue``, the edges' capacity, which bounds the chunks of one
+tick), three ways, one after the other in this process:
 
 1. the in-process engine (``[run] engine = "local"``);
 2. the Ray engine with 1 model actor (``engine = "ray"``, ``workers = 1``);
@@ -20,17 +21,18 @@ gives an actor 1 torch thread, and this process uses ``--threads`` (default 1) t
 
 Per run: ``elapsed_s`` and ``outputs_per_s`` (the summary's ``elapsed_s`` and ``fps_out``),
 stream-chunks per second (``frames_in / elapsed_s``), the stage's ``model_calls`` and
-``mean_batch`` (chunks per tick), the actors' own calls (one per actor per tick), the CPU
-seconds of this process (the driver) and of the whole machine (``/proc/stat``) during the
-run. For Ray: the overhead per batched call, ``(elapsed_ray - elapsed_local) / engine.calls``
-(``calls``: the engine's ticks), and the same per stream-chunk; and, measured directly, the
-round trip of a no-op call to an actor (``ModelWorker.ready``), 200 calls awaited one at a
-time, as the engine awaits (an asyncio future of the ``ObjectRef``) and with ``ray.get``.
-What a call carries is measured apart: one chunk's pickled size and the time to pickle and
-unpickle a tick's chunks as torch tensors (what the engine sends) and as numpy arrays.
-The model's own cost per chunk: ``step_batch`` of ``mean_batch`` streams on this process's
-torch threads, no pipeline; the driver's cost per chunk is the in-process run's CPU per
-chunk less it.
+``mean_batch`` (chunks per tick), the actors' own calls (one per actor per tick), and the
+CPU seconds during the run of this process (the driver), of the model actors (their
+processes, polled) and of the whole machine (``/proc/stat``; the rest: Ray's daemons and
+anything else running). For Ray: the overhead per batched call, ``(elapsed_ray -
+elapsed_local) / engine.calls`` (``calls``: the engine's ticks; also per actor call and per
+stream-chunk); and, measured directly, the round trip of a no-op call to an actor
+(``ModelWorker.ready``), 200 calls awaited one at a time, as the engine awaits (an asyncio
+future of the ``ObjectRef``) and with ``ray.get``. What a call carries is measured apart:
+one chunk's pickled size, and the time to pickle and unpickle a tick's chunks as torch
+tensors (what the engine sends) and as numpy arrays. The model's own cost per chunk:
+``ModelWorker.step`` of ``mean_batch`` streams in this process, no pipeline; the driver's
+cost per chunk is estimated as the in-process run's CPU per chunk less it.
 
 Failover: a 4th run, 2 actors, a capture sink added to the JSONL sink; after ``K`` engine
 ticks the actor holding the first streams (``engine.held()``) is killed
@@ -54,6 +56,7 @@ import logging
 import os
 import pickle
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -79,13 +82,20 @@ TARGETS: dict[str, float] = {}  # the issue sets none: figures only
 
 
 def pipeline_config(
-    streams: int, seconds: float, out: Path, engine: str = "local", workers: int = 1
+    streams: int,
+    seconds: float,
+    out: Path,
+    engine: str = "local",
+    workers: int = 1,
+    queue: int | None = None,
 ) -> dict[str, Any]:
     """``streams`` noise streams through ``audio_tagging.toml``'s model into ``out``."""
     model = tomllib.loads(PIPELINE.read_text(encoding="utf-8"))["model"]
     run: dict[str, Any] = {"mode": "online", "engine": engine}
     if engine == "ray":
         run["workers"] = workers
+    if queue is not None:
+        run["queue"] = queue
     return {
         "sources": [
             {
@@ -102,9 +112,16 @@ def pipeline_config(
     }
 
 
-def build(streams: int, seconds: float, out: Path, engine: str, workers: int = 1) -> Pipeline:
-    config = parse_config(pipeline_config(streams, seconds, out, engine, workers), str(PIPELINE))
-    return build_pipeline(config)
+def build(
+    streams: int,
+    seconds: float,
+    out: Path,
+    engine: str,
+    workers: int = 1,
+    queue: int | None = None,
+) -> Pipeline:
+    data = pipeline_config(streams, seconds, out, engine, workers, queue)
+    return build_pipeline(parse_config(data, str(PIPELINE)))
 
 
 def engine_of(pipeline: Pipeline) -> Any:
@@ -118,11 +135,56 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ActorCpu:
+    """The CPU seconds the model actors (local processes) spent from ``start``: polled
+    every 0.1 s, since the engine kills them as the run ends."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.first = {pid: process_cpu_s(pid) or 0.0 for pid in pids}
+        self.last = dict(self.first)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in self.last:
+            now = process_cpu_s(pid)
+            if now is not None:
+                self.last[pid] = now
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return sum(self.last[pid] - self.first[pid] for pid in self.first)
+
+
 def run(
     pipeline: Pipeline, during: Callable[[Any], Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Run ``pipeline`` (``during(engine)``: a coroutine run alongside); the summary and
-    the run's wall, driver CPU and machine CPU seconds."""
+    the run's wall, driver CPU, model actors' CPU (Ray) and machine CPU seconds."""
+    actors = None
+    engine = next((e for s in pipeline.stages if (e := getattr(s, "engine", None))), None)
+    if engine is not None:
+        import ray
+
+        infos = ray.get([engine.actor(name).ready.remote() for name in engine.workers])
+        actors = ActorCpu([int(info["pid"]) for info in infos])
 
     async def main() -> dict[str, Any]:
         task = asyncio.create_task(during(engine_of(pipeline))) if during else None
@@ -141,6 +203,8 @@ def run(
         "driver_cpu_s": time.process_time() - cpu,
         "machine_cpu_s": machine_busy_s() - busy,
     }
+    if actors is not None:
+        costs["actors_cpu_s"] = actors.stop()
     return summary, costs
 
 
@@ -166,6 +230,11 @@ def figures_of(summary: dict[str, Any], costs: dict[str, float], build_s: float)
     engine = summary.get("engine")
     if engine:
         actor_calls = sum(w["calls"] for w in engine["workers"])
+        actors = costs["actors_cpu_s"]
+        figures["actors_cpu_s"] = round(actors, 2)
+        figures["actors_cpu_ms_per_chunk"] = round(actors / chunks * 1000, 4)
+        rest = costs["machine_cpu_s"] - costs["driver_cpu_s"] - actors
+        figures["rest_cpu_ms_per_chunk"] = round(rest / chunks * 1000, 4)
         figures["engine_calls"] = engine["calls"]
         figures["actor_calls"] = actor_calls
         figures["mean_batch_per_actor_call"] = round(chunks / max(actor_calls, 1), 2)
@@ -207,8 +276,9 @@ def round_trips(handle: Any, calls: int) -> dict[str, float]:
 
 
 def payload_costs(batch: int) -> dict[str, Any]:
-    """One chunk's pickled size, and pickle + unpickle of a tick's ``batch`` chunks as the
-    engine sends them (``{stream: (fresh, x [1, 512])}`` torch tensors) and as numpy."""
+    """One chunk's and one output's pickled size, and pickle + unpickle of a tick's
+    ``batch`` chunks as the engine sends them (``{stream: (fresh, x [1, 512])}``, torch
+    tensors) and as numpy arrays."""
     rng = np.random.default_rng(0)
     arrays = {f"s{i:04d}": rng.standard_normal((1, CHUNK), dtype=np.float32) for i in range(batch)}
     tensors = {s: (False, torch.from_numpy(a)) for s, a in arrays.items()}
@@ -228,6 +298,9 @@ def payload_costs(batch: int) -> dict[str, Any]:
         "chunk_bytes_raw": CHUNK * 4,
         "chunk_bytes_pickled_torch": len(pickle.dumps(torch.from_numpy(arrays["s0000"]))),
         "chunk_bytes_pickled_numpy": len(pickle.dumps(arrays["s0000"], protocol=5)),
+        # what comes back per chunk: y [1, K], K = 1 (Silero's speech probability)
+        "output_bytes_pickled_torch": len(pickle.dumps(torch.zeros(1, 1))),
+        "output_bytes_pickled_numpy": len(pickle.dumps(np.zeros((1, 1), np.float32), protocol=5)),
         "tick_pickle_round_trip_ms_torch": round(torch_s * 1000, 3),
         "tick_pickle_round_trip_ms_numpy": round(numpy_s * 1000, 3),
         "per_chunk_us_torch": round(torch_s / batch * 1e6, 1),
@@ -307,13 +380,13 @@ class FirstOutputs:
 
 
 def failover(
-    streams: int, seconds: float, out: Path, kill_after: int
+    streams: int, seconds: float, out: Path, kill_after: int, queue: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The 2-actor run with one actor killed after ``kill_after`` ticks."""
     import ray
 
     started = time.perf_counter()
-    pipeline = build(streams, seconds, out, "ray", workers=2)
+    pipeline = build(streams, seconds, out, "ray", workers=2, queue=queue)
     build_s = time.perf_counter() - started
     capture = FirstOutputs()
     assert pipeline.deliveries is not None
@@ -394,10 +467,11 @@ def compare(got: Path, want: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--streams", type=int, default=256, help="concurrent streams")
-    parser.add_argument("--seconds", type=float, default=2.0, help="audio per stream")
+    parser.add_argument("--seconds", type=float, default=1.5, help="audio per stream")
     parser.add_argument("--kill-after", type=int, default=20, help="failover: ticks before")
     parser.add_argument("--round-trips", type=int, default=200, help="no-op calls timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the driver")
+    parser.add_argument("--queue", type=int, help="[run] queue: the edges' capacity")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # as an actor's (Ray gives each 1)
     os.chdir(ROOT)  # the actors import the model's factory from the driver's folder
@@ -418,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_per_stream": args.seconds,
         "chunks": args.streams * -(-round(args.seconds * RATE) // CHUNK),
         "ray": ray.__version__,
+        "queue": args.queue,  # [run] queue (None: the pipeline's default)
     }
     try:
         with tempfile.TemporaryDirectory(prefix="bench_ray_") as name:
@@ -430,9 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 log(f"ray: {label}, {args.streams} streams x {args.seconds:g} s")
                 started = time.perf_counter()
-                pipeline = build(
-                    args.streams, args.seconds, tmp / f"{label}.jsonl", engine, workers
-                )
+                out = tmp / f"{label}.jsonl"
+                pipeline = build(args.streams, args.seconds, out, engine, workers, args.queue)
                 build_s = time.perf_counter() - started
                 if engine == "ray" and workers == 1:
                     handle = engine_of(pipeline).actor("model-0")
@@ -459,9 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                 for label in ("ray_1_actor", "ray_2_actors")
             }
             log(f"ray: failover, 2 actors, one killed after {args.kill_after} ticks")
-            failed, _ = failover(
-                args.streams, args.seconds, tmp / "failover.jsonl", args.kill_after
-            )
+            out = tmp / "failover.jsonl"
+            failed, _ = failover(args.streams, args.seconds, out, args.kill_after, args.queue)
             failed["outputs_equal_in_process"] = compare(
                 tmp / "failover.jsonl", tmp / "in_process.jsonl"
             )
@@ -469,9 +542,11 @@ def main(argv: list[str] | None = None) -> int:
             figures["failover_s"] = failed["kill_to_first_output_s"]
     finally:
         ray.shutdown()
-    batch = max(1, round(local["mean_batch"]))
-    figures["payload"] = payload_costs(batch)
-    model = model_costs(batch)
+    # what one Ray call carries; what one model call steps
+    figures["payload"] = payload_costs(
+        max(1, round(runs["ray_1_actor"]["mean_batch_per_actor_call"]))
+    )
+    model = model_costs(max(1, round(local["mean_batch"])))
     figures["model_alone"] = model
     driver = local["driver_cpu_ms_per_chunk"] - model["ms_per_chunk"]
     figures["driver_ms_per_chunk_est"] = round(driver, 4)

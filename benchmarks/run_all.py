@@ -37,6 +37,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_mqtt_source.py", ["--audio-frames", "2000", "--video-frames", "200"]),
     ("bench_mqtt.py", ["--repeats", "7"]),
     ("bench_web.py", ["--seconds", "30"]),
+    ("bench_ray.py", ["--streams", "64", "--seconds", "1.5", "--round-trips", "100"]),
 ]
 TIMEOUT_S = 240
 

@@ -33,10 +33,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from streamer.cluster.ring import HashRing
-from streamer.cluster.worker import Chunk, ModelSpec, ModelWorker
+from streamer.cluster.worker import Chunk, ModelSpec, ModelWorker, from_wire, to_wire
 from streamer.errors import InputError
 from streamer.models import State, StatefulModel, StateStore
 
@@ -75,7 +76,7 @@ class _Entry:
     """A chunk sent since the stream's last snapshot."""
 
     fresh: bool
-    x: Tensor
+    x: np.ndarray[Any, Any]  # [T, F...], as it travels
     delivered: bool = False
 
 
@@ -284,9 +285,10 @@ class RayEngine:
         self._forget_ended()
         plan: dict[str, dict[str, Chunk]] = {}
         sent: dict[str, _Entry] = {}
-        for stream, x in chunks.items():
+        for stream, tensor in chunks.items():
             fresh = stream in self.store.fresh
             self.store.fresh.discard(stream)
+            x = to_wire(tensor)
             entry = _Entry(fresh, x)
             log_ = self._logs.setdefault(stream, _Log())
             if fresh:  # nothing before a fresh start is needed to restore it
@@ -309,7 +311,7 @@ class RayEngine:
                 raise result
             else:
                 outputs, states = result
-                ys.update(outputs)
+                ys.update((stream, from_wire(y)) for stream, y in outputs.items())
                 for stream, state in states.items():
                     self._logs[stream].snapshot, self._logs[stream].entries = state, []
         for name in lost:
@@ -397,7 +399,7 @@ class RayEngine:
                 entries = self._logs[stream].entries
                 replayed += sum(e.delivered for e in entries)
                 steps += sum(int(e.x.shape[0]) for e in entries if e.delivered)
-                fresh = [y for e, y in zip(entries, ys_, strict=True) if not e.delivered]
+                fresh = [from_wire(y) for e, y in zip(entries, ys_, strict=True) if not e.delivered]
                 if fresh:
                     ys[stream] = fresh[-1] if len(fresh) == 1 else _cat(fresh)
         outage = time.monotonic() - started
@@ -468,7 +470,9 @@ def connect_ray(address: str | None, namespace: str | None = None) -> tuple[Any,
     local: dict[str, Any] = {} if address else {"include_dashboard": False}
     try:
         ray.init(
-            address=address,
+            # without an address Ray would join a cluster it finds running on this machine
+            # (RAY_ADDRESS, /tmp/ray): "local" starts one of our own, as documented
+            address=address or "local",
             namespace=namespace,
             logging_level=logging.ERROR,
             log_to_driver=False,
