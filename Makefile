@@ -2,7 +2,7 @@
 #   make demo   - create .venv, install everything, tag speech in a recording (Silero VAD), plot it
 #   make test   - the same set-up plus the system packages the tests need, then lint + tests
 #   make train  - the same set-up, then train the shipped models again (minutes each)
-#   make bench  - the test set-up, then every benchmark (one JSON object each; under 5 min)
+#   make bench  - the test set-up, then every benchmark (one JSON object each; about 7 min)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -44,7 +44,7 @@ train: system-deps $(STAMP)
 	$(BIN)/python pipelines/train_caption.py
 
 # Every script in benchmarks/ prints one JSON object (figures, targets, met); the table of
-# targets goes to stderr at the end. Sizes fit 5 minutes on 2 cores (docs/performance.md).
+# targets goes to stderr at the end. Sizes fit about 7 minutes on 2 cores (docs/performance.md).
 # pulseaudio gives bench_live.py its virtual microphone.
 bench: APT_PACKAGES := $(TEST_APT_PACKAGES)
 bench: system-deps $(STAMP)

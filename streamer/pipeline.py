@@ -275,7 +275,9 @@ class Pipeline:
                 self._frames_in += 1
                 open_streams[item.stream] = item.index + 1
             for sink, tap in self._taps:
-                if item.stream in sink.frame_streams:
+                if item.stream in sink.frame_streams and (
+                    not isinstance(item, Frame) or _wants(sink, item)
+                ):
                     await tap.send(item)
 
     @staticmethod
@@ -502,3 +504,10 @@ async def _close_quietly(sink: Sink) -> None:
         await sink.aclose()
     except Exception:
         return
+
+
+def _wants(sink: FrameSink, frame: Frame) -> bool:
+    """Whether ``sink`` takes ``frame`` into its tap: its ``wants_frame(frame)`` when it
+    has one (the live view takes only the frames it would show), else every frame."""
+    wants = getattr(sink, "wants_frame", None)
+    return wants is None or bool(wants(frame))

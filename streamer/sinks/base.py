@@ -103,7 +103,9 @@ class FrameSink(Sink, Protocol):
     The pipeline's source pumps copy those streams' frames and markers into a bounded
     channel (the frame tap) that ``run_frames`` reads to its end, as its own task; the
     sink's outputs still come through ``send``. ``aclose`` is called once ``run_frames``
-    has returned (or was cancelled) and every output was sent.
+    has returned (or was cancelled) and every output was sent. A sink that needs only some
+    frames may have ``wants_frame(frame) -> bool``, asked by the pump before it copies a
+    frame into the tap (markers always go): the live view takes only those it would show.
     """
 
     frame_streams: frozenset[str]

@@ -117,6 +117,20 @@ class WebSink:
             if self._failure is not None:
                 raise self._failure
 
+    def wants_frame(self, frame: Frame) -> bool:
+        """Whether the pump should put ``frame`` in the tap: only a video frame that is
+        watched, due, and whose stream is not busy encoding (the rest never costs a
+        channel round trip; :meth:`_offer` decides again)."""
+        stream = frame.stream
+        if stream not in self._video or stream in self._encoding:
+            return False
+        view = self.hub.streams.get(stream)
+        return (
+            view is not None
+            and view.watchers > 0
+            and time.monotonic() >= self._next_due.get(stream, 0.0)
+        )
+
     def _offer(self, frame: Frame) -> None:
         """Encode ``frame`` if its stream is watched, due, and not busy encoding."""
         stream = frame.stream
@@ -126,7 +140,9 @@ class WebSink:
         now = time.monotonic()
         if now < self._next_due.get(stream, 0.0):
             return
-        self._next_due[stream] = now + 1.0 / self.max_fps
+        # 10 % short of the period: a source at exactly max_fps, whose frames arrive a
+        # hair early or late, gets all its frames shown, not every other one
+        self._next_due[stream] = now + 0.9 / self.max_fps
         future = self._worker.start(_encode, frame.data, view.shown, self.jpeg_quality)
         self._encoding[stream] = future
         future.add_done_callback(lambda done: self._encoded(stream, done))
