@@ -22,7 +22,7 @@ from streamer.config import parse_config
 from streamer.pipeline import Pipeline
 
 STREAMS = 64
-SECONDS = 2.0
+SECONDS = 1.5
 
 # factories resolve from the repository root, as on the command line
 pytestmark = pytest.mark.usefixtures("in_repo")
@@ -94,7 +94,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
     """The in-process engine's outputs."""
     out = tmp_path_factory.mktemp("reference") / "local.jsonl"
     summary = asyncio.run(build_pipeline(parse_config(pipeline_config(out), "-")).run())
-    assert summary["outputs"] > STREAMS * 50
+    assert summary["outputs"] > STREAMS * 40
     return per_stream(out)
 
 
@@ -146,8 +146,8 @@ def test_64_streams_on_2_actors_give_the_in_process_outputs(
 def test_a_killed_actor_and_a_frozen_one_change_no_output(
     cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    """Three actors: one killed (``ray.kill``: Ray reports it dead) at the 10th tick,
-    another frozen (SIGSTOP: Ray still sees it alive, the deadline does not) at the 20th.
+    """Three actors: one killed (``ray.kill``: Ray reports it dead) at the 8th tick,
+    another frozen (SIGSTOP: Ray still sees it alive, the deadline does not) at the 16th.
     Every stream goes on, with exactly the outputs of the run without either."""
     import ray
 
@@ -169,7 +169,7 @@ def test_a_killed_actor_and_a_frozen_one_change_no_output(
     try:
         summary, _ = run_ray(
             tmp_path / "ray.jsonl",
-            [(10, kill), (20, freeze)],
+            [(8, kill), (16, freeze)],
             workers=3,
             snapshot_every=4,
             deadline_s=1.0,
@@ -207,7 +207,7 @@ def test_a_removed_node_changes_no_output(
         cluster.remove_node(worker_node)
 
     try:
-        summary, _ = run_ray(tmp_path / "ray.jsonl", [(15, remove)], workers=2)
+        summary, _ = run_ray(tmp_path / "ray.jsonl", [(12, remove)], workers=2)
     finally:
         if removed:  # the next tests want two nodes again
             cluster.add_node(num_cpus=2)
@@ -215,25 +215,6 @@ def test_a_removed_node_changes_no_output(
     assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
     report = summary["engine"]
     assert sorted(f["worker"] for f in report["failovers"]) == sorted(removed)
-
-
-def test_scaling_in_from_3_to_2_actors_mid_run_keeps_the_outputs(
-    cluster: Any, reference: dict[str, list[dict[str, Any]]], tmp_path: Path
-) -> None:
-    """The leaving actor's streams move, with their state, to the ring's new owners; no
-    other stream moves (scaling out, 2 to 3, is the command-line test's, by SIGUSR1)."""
-    leaving: list[str] = []
-
-    def scale(engine: Any) -> None:
-        leaving.extend(s for s, holder in engine.held().items() if holder == "model-2")
-        engine.request_scale(2)
-
-    summary, _ = run_ray(tmp_path / "ray.jsonl", [(15, scale)], workers=3)
-    assert_same_outputs(per_stream(tmp_path / "ray.jsonl"), reference)
-    report = summary["engine"]
-    assert [w["name"] for w in report["workers"]] == ["model-0", "model-1"]
-    assert report["failovers"] == []
-    assert report["moved_streams"] == len(leaving) > 0
 
 
 def test_ray_refuses_offline_mode_and_the_generate_head(tmp_path: Path) -> None:
@@ -245,22 +226,26 @@ def test_ray_refuses_offline_mode_and_the_generate_head(tmp_path: Path) -> None:
         build_pipeline(parse_config(config, "-"))
 
 
-def test_the_command_line_runs_on_the_cluster_and_sigusr1_adds_an_actor(
+def test_the_command_line_scales_out_on_sigusr1_and_in_on_sigusr2(
     cluster: Any,
     reference: dict[str, list[dict[str, Any]]],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``streamer run FILE --ray``: the pipeline file's 64 streams on the cluster's actors;
-    a SIGUSR1 to the process mid-run (sent at the 10th tick) scales out by one actor."""
+    """``streamer run FILE --ray``: the pipeline file's 64 streams on the cluster's actors.
+    A SIGUSR1 to the process at the 8th tick adds an actor (2 -> 3: the streams the ring
+    now gives it move there, with their state); a SIGUSR2 at the 16th removes it again
+    (its streams move back). Every stream's outputs are those of the run without either."""
     from streamer.cli import main
     from streamer.cluster.engine import RayEngine
+    from streamer.cluster.ring import HashRing
 
     step = RayEngine.step
+    signals = {8: signal.SIGUSR1, 16: signal.SIGUSR2}
 
     async def signalling_step(self: RayEngine, chunks: Any) -> Any:
-        if self.calls == 10:
-            os.kill(os.getpid(), signal.SIGUSR1)
+        if self.calls in signals:
+            os.kill(os.getpid(), signals[self.calls])
         return await step(self, chunks)
 
     monkeypatch.setattr(RayEngine, "step", signalling_step)
@@ -280,7 +265,12 @@ def test_the_command_line_runs_on_the_cluster_and_sigusr1_adds_an_actor(
     assert main(args) == 0
     assert_same_outputs(per_stream(out), reference)
     report = json.loads(metrics.read_text(encoding="utf-8"))["engine"]
-    assert len(report["workers"]) == 3 and report["moved_streams"] > 0
+    assert [w["name"] for w in report["workers"]] == ["model-0", "model-1"]
+    assert report["failovers"] == []
+    # out and back: the streams of the third actor, twice; every other stream stayed put
+    ring = HashRing(["model-0", "model-1", "model-2"])
+    third = sum(ring.owner(f"s{i:02d}") == "model-2" for i in range(STREAMS))
+    assert report["moved_streams"] == 2 * third > 0
 
 
 def test_sources_on_another_node_are_read_there_and_give_the_same_outputs(
