@@ -82,6 +82,23 @@ async def one_client(port: int, stream: str) -> dict[str, int]:
     return counts
 
 
+async def toggled_clients(port: int, count: int, stream: str, window: float, pairs: int) -> None:
+    """``pairs`` times: ``count`` clients connected for ``window`` seconds, then none for
+    ``window`` seconds; one JSON line of the windows (monotonic times: the same clock as
+    the pipeline's process on Linux) on stdout."""
+    windows: list[tuple[float, float]] = []
+    for _ in range(pairs):
+        start = time.monotonic()
+        tasks = [asyncio.ensure_future(one_client(port, stream)) for _ in range(count)]
+        await asyncio.sleep(window)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        windows.append((start, time.monotonic()))
+        await asyncio.sleep(window)
+    print(json.dumps({"connected": windows}), flush=True)
+
+
 async def clients_main(count: int, stream: str) -> None:
     """For each port read on stdin: ``count`` clients until the server ends; one JSON
     line of what they got on stdout."""
@@ -90,6 +107,10 @@ async def clients_main(count: int, stream: str) -> None:
         line = await loop.run_in_executor(None, sys.stdin.readline)
         if not line.strip():
             return
+        if line.startswith("toggle"):
+            _, port_text, window, pairs = line.split()
+            await toggled_clients(int(port_text), count, stream, float(window), int(pairs))
+            continue
         port = int(line)
         cpu = time.process_time()
         got = await asyncio.gather(*(one_client(port, stream) for _ in range(count)))
@@ -182,12 +203,90 @@ def compare(
     }
 
 
+def connected_cost(
+    seconds: float, window: float, pairs: int, out: Path, clients: subprocess.Popen[str]
+) -> dict[str, Any]:
+    """One long run of the motion labeller with the view; the clients connected and gone
+    in turns of ``window`` seconds. Each connected window's output rate against the mean
+    of the windows without clients either side of it: what connected browsers cost, with
+    the machine's slow drifts cancelled (the sink serves in both)."""
+    import threading
+
+    from streamer.build import Overrides, apply_overrides, build_pipeline
+    from streamer.config import load_config
+
+    source = SOURCE.format(seconds=seconds)
+    overrides = Overrides(
+        sources=(source,),
+        mode="online",
+        pace="fast",
+        quiet=True,
+        out=str(out),
+        serve="127.0.0.1:0",
+    )
+    pipeline = build_pipeline(apply_overrides(load_config(str(PIPELINE)), overrides))
+    assert pipeline.metrics is not None and clients.stdin is not None
+    assert clients.stdout is not None
+    metrics = pipeline.metrics
+    server = next(s for s in pipeline.sinks if hasattr(s, "server")).server  # type: ignore[attr-defined]
+    samples: list[tuple[float, int]] = []
+    running = threading.Event()
+    running.set()
+
+    def sample() -> None:
+        while running.is_set():
+            samples.append((time.monotonic(), metrics.outputs))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    clients.stdin.write(f"toggle {server.port} {window} {pairs}\n")
+    clients.stdin.flush()
+    summary = asyncio.run(pipeline.run())
+    running.clear()
+    sampler.join()
+    connected = json.loads(clients.stdout.readline())["connected"]
+
+    def rate(t0: float, t1: float) -> float | None:
+        inside = [(t, n) for t, n in samples if t0 <= t <= t1]
+        if len(inside) < 4 or inside[-1][0] - inside[0][0] <= 0:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+    edge = min(0.5, window / 4)  # connection set-up and tear-down left out
+    ratios = []
+    for start, end in connected:
+        on = rate(start + edge, end - edge)
+        before = rate(start - window + edge, start - edge)
+        after = rate(end + edge, end + window - edge)
+        if on is None or before is None or after is None:
+            continue
+        ratios.append(on / ((before + after) / 2))
+    return {
+        "media_seconds": seconds,
+        "window_s": window,
+        "outputs": summary["outputs"],
+        "ratio": round(statistics.median(ratios), 4) if ratios else None,
+        "ratios": [round(r, 4) for r in ratios],
+        "stalled_clients": server.stalled,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--seconds", type=float, default=300.0, help="media seconds per run (30 fps)"
     )
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument(
+        "--window", type=float, default=3.0, help="seconds per window of the toggled run"
+    )
+    parser.add_argument(
+        "--toggle-seconds",
+        type=float,
+        default=1000.0,
+        help="media seconds of the toggled run (enough for 6 pairs of windows: ~45 s)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--client-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream", default="shapes", help=argparse.SUPPRESS)
@@ -215,6 +314,7 @@ def main() -> None:
             out = Path(folder) / "out.jsonl"
             motion = compare("motion", args.seconds, args.repeats, out, clients)
             cheap = compare("brightness", args.seconds * 2, args.repeats, out, clients)
+            toggled = connected_cost(args.toggle_seconds, args.window, 6, out, clients)
     finally:
         assert clients.stdin is not None
         clients.stdin.close()
@@ -224,6 +324,7 @@ def main() -> None:
         "media_seconds": args.seconds,
         "motion": motion,
         "brightness": cheap,
+        "connected_windows": toggled,
     }
     measured = {"with_view_vs_without_min": motion["ratio"]}
     met = {"with_view_vs_without_min": check(motion["ratio"], 0.95, ceiling=False)}

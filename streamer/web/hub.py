@@ -171,6 +171,7 @@ class Hub:
         #: the last ``outputs_since`` answers: (cursor, seq) -> messages, shared by the
         #: clients that are equally up to date (most of them, most of the time)
         self._texts: dict[tuple[int, int], list[str]] = {}
+        self._snapshot_texts: tuple[int, list[str]] | None = None
         self._health = health
         self._health_cache: tuple[float, dict[str, Any], str] | None = None
         self._hello = dict(hello or {})
@@ -302,6 +303,15 @@ class Hub:
         entries = [entry for view in self.streams.values() for entry in view.history]
         entries.sort(key=lambda entry: entry.seq)
         return entries
+
+    def snapshot_messages(self) -> tuple[list[str], int]:
+        """:meth:`snapshot` as ``outputs`` messages, and the cursor after it: made once
+        per state of the hub, so that pages connecting together (20 browsers after a
+        network blip, a review's viewers) share them."""
+        cached = self._snapshot_texts
+        if cached is None or cached[0] != self.seq:
+            cached = self._snapshot_texts = (self.seq, self.outputs_messages(self.snapshot()))
+        return cached[1], cached[0]
 
     def since(self, cursor: int) -> list[Entry]:
         """The outputs after number ``cursor`` (at most the newest :data:`RING`)."""

@@ -325,9 +325,8 @@ class WebServer:
             await self._send(ws, request, json.dumps(hub.hello()))
             await self._send(ws, request, json.dumps(hub.streams_message()))
             streams_seen = hub.streams_version
-            entries = hub.snapshot()
-            cursor = hub.seq
-            for text in hub.outputs_messages(entries):
+            texts, cursor = hub.snapshot_messages()
+            for text in texts:
                 await self._send(ws, request, text)
             if hub.mode == "live":
                 await self._send(ws, request, hub.health_text())
