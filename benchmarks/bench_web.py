@@ -26,6 +26,14 @@ per output with and without (what the view costs the run's own process), and the
 of a core the stand-in clients took (real browsers run on other machines; these take it
 from the cores the pipeline uses).
 
+A second measure, ``connected_windows``: one long run with the view (``--toggle-seconds``
+of video, about 45 s), the clients connected for ``--window`` seconds, then none for as
+long, six times; each connected window's output rate (its first and last 0.5 s left out:
+20 connections arriving or leaving) against the mean of the two windows without clients
+either side of it, and the median of those ratios. Slow drifts of the machine cancel out,
+so this is the steadier figure for what connected browsers cost; the sink serves in both
+kinds of window, so its own bookkeeping of outputs is not in it (the paired runs hold it).
+
 Target: the clients cost < 5% of the throughput (median paired ratio with / without
 >= 0.95). Also reported: the frames and WebSocket messages the clients got, and the same
 comparison for the built-in brightness thresholder (a model that costs nearly nothing, so
