@@ -205,6 +205,22 @@ def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
     tables = config.all_sources
     several = len(tables) > 1
     sources: list[Source] = []
+    try:
+        _open_each(config, clock, tables, several, sources)
+    except BaseException:
+        _discard(list(sources))  # a source actor on another node started before
+        raise
+    return sources
+
+
+def _open_each(
+    config: PipelineConfig,
+    clock: Clock,
+    tables: list[SourceConfig],
+    several: bool,
+    sources: list[Source],
+) -> None:
+    """Open each of ``tables`` into ``sources`` (see :func:`open_sources`)."""
     owners: dict[str, int] = {}
     for number, src in enumerate(tables):
         options = source_options(src, config.run.mode, several and not config.run.fail_fast)
@@ -227,7 +243,6 @@ def open_sources(config: PipelineConfig, clock: Clock) -> list[Source]:
                 )
             owners[stream] = number
         sources.append(source)
-    return sources
 
 
 def _remote_source(
@@ -254,25 +269,30 @@ def build_pipeline(
     clock = clock or RealClock()
     mode = config.run.mode
     sources = open_sources(config, clock)
-    stage = _model_stage(config, sources, clock)
-    stages: list[Stage] = [stage]
-    metrics = Metrics(clock, mode=mode)
-    if isinstance(stage, ModelStage):
-        metrics.reporters.append(stage.report)
     sinks: list[Sink] = []
-    deliveries: list[Delivery] = []
-    names = names or [f"[[sinks]] #{n}" for n in range(1, len(config.sinks) + 1)]
-    for name, options in zip(names, config.sinks, strict=True):
-        context = SinkContext(name, sources, mode, clock, metrics)
-        sink = SINKS.get(options.type).build(options, context)
-        sinks.append(sink)
-        deliveries.append(
-            Delivery(
-                policy=options.policy or default_delivery(sink).policy,
-                capacity=options.capacity or SINK_CAPACITY,
-                on_error=options.on_error,
+    stages: list[Stage] = []
+    try:
+        stage = _model_stage(config, sources, clock)
+        stages.append(stage)
+        metrics = Metrics(clock, mode=mode)
+        if isinstance(stage, ModelStage):
+            metrics.reporters.append(stage.report)
+        deliveries: list[Delivery] = []
+        names = names or [f"[[sinks]] #{n}" for n in range(1, len(config.sinks) + 1)]
+        for name, options in zip(names, config.sinks, strict=True):
+            context = SinkContext(name, sources, mode, clock, metrics)
+            sink = SINKS.get(options.type).build(options, context)
+            sinks.append(sink)
+            deliveries.append(
+                Delivery(
+                    policy=options.policy or default_delivery(sink).policy,
+                    capacity=options.capacity or SINK_CAPACITY,
+                    on_error=options.on_error,
+                )
             )
-        )
+    except BaseException:
+        _discard([*sinks, *stages, *sources])
+        raise
     return Pipeline(
         sources,
         stages,
@@ -287,6 +307,19 @@ def build_pipeline(
         latency_budget_ms=config.run.latency_budget_ms,
         deliveries=deliveries,
     )
+
+
+def _discard(parts: list[Any]) -> None:
+    """Release what the parts of a pipeline that will never run hold since they were
+    made (their ``discard()``: the live view's listening socket, the Ray engine's actors,
+    a source actor on another node); the rest hold nothing before a run."""
+    for part in reversed(parts):
+        discard = getattr(part, "discard", None)
+        if callable(discard):
+            try:
+                discard()
+            except Exception as exc:  # the build's own error is the one to report
+                log.debug("discarding %r failed: %s", part, exc)
 
 
 def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) -> Any:

@@ -600,3 +600,33 @@ async def test_a_models_blocks_of_outputs_reach_the_page_as_the_jsonl_has_them(
     shown = hub.streams["shapes"].shown
     assert shown is not None and shown.end == 29
     assert shown.label == outputs[-1]["label"] and shown.scores == outputs[-1]["scores"]
+
+
+def test_a_later_sink_that_fails_to_build_releases_the_views_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The web sink's socket listens from its build on; when a sink after it is refused
+    (an MQTT CA file that does not exist), the build closes that socket at once, even
+    while something still holds the server (not at some later garbage collection): the
+    same port can be bound again straight away."""
+    from streamer.errors import InputError
+
+    made: list[WebServer] = []
+    original = WebServer.__init__
+
+    def keep(self: WebServer, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)  # held here: only an explicit close frees its port
+
+    monkeypatch.setattr(WebServer, "__init__", keep)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    table = config(tmp_path, web={"bind": f"127.0.0.1:{port}"}).model_dump(exclude_unset=True)
+    table["sinks"].append({"type": "mqtt", "url": "mqtts://127.0.0.1:1/t", "ca": "/no/such.pem"})
+    with pytest.raises(InputError, match=r"no/such\.pem"):
+        build_pipeline(parse_config(table, "test"))
+    assert len(made) == 1
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
+        again.listen(1)

@@ -160,6 +160,11 @@ class RemoteSource:
             if ended:
                 return
 
+    def discard(self) -> None:
+        """Stop the actor of a source that will never be read (the build failed)."""
+        with contextlib.suppress(Exception):
+            self._ray.kill(self._actor, no_restart=True)
+
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):  # an actor already gone, or stuck
             await asyncio.wait_for(asyncio.wrap_future(self._actor.close.remote().future()), 5)

@@ -159,6 +159,15 @@ class WebSink:
         self.hub.set_jpeg(stream, future.result())
 
     # -- closing ---------------------------------------------------------------------------
+    def discard(self) -> None:
+        """Release the listening socket and the encoder of a sink that never ran (a later
+        part of the pipeline failed to build)."""
+        if self._started or self._closed:
+            return
+        self._closed = True
+        self.server.discard()
+        self._worker.close()
+
     async def aclose(self) -> None:
         """Stop serving (every client is ended) and the encoder; idempotent."""
         if self._closed:

@@ -148,6 +148,11 @@ class WebServer:
         self._runner = runner
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
+    def discard(self) -> None:
+        """Close the listening socket of a server that was never started."""
+        if self._runner is None:
+            self._sock.close()
+
     async def stop(self) -> None:
         """Wake and end every client, stop listening; idempotent."""
         self.hub.close()

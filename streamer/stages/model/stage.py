@@ -119,6 +119,12 @@ class ModelStage(ModelCalls):
             **({"engine": self.engine.report()} if self.engine is not None else {}),
         }
 
+    def discard(self) -> None:
+        """Release a stage that will never run: its worker thread, the engine's actors."""
+        self.worker.close()
+        if self.engine is not None:
+            self.engine.close()
+
     # -- the loop ----------------------------------------------------------------------
     async def run(self, inbox: Channel[Any], outbox: Channel[Any]) -> None:
         try:
