@@ -312,7 +312,8 @@ def model_costs(batch: int, seconds: float = 1.0) -> dict[str, Any]:
     """The model alone: ``batch`` streams stepped together (``ModelWorker.step``, what an
     actor runs) on this process's torch threads; and one stream's state size (raw, and
     pickled as a snapshot is sent)."""
-    from streamer.cluster.worker import ModelSpec, ModelWorker
+    from streamer.cluster.worker import ModelWorker
+    from streamer.models import ModelSpec
 
     worker = ModelWorker(ModelSpec(factory="pipelines.silero:build", path=None))
     rng = np.random.default_rng(1)

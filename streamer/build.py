@@ -28,10 +28,10 @@ from streamer.config import (
 from streamer.errors import InputError
 from streamer.frames import Frame, StreamInfo
 from streamer.metrics import Metrics
-from streamer.models import load_model
+from streamer.models import ModelSpec
 from streamer.mqtt.broker import options_from_url
 from streamer.pipeline import Pipeline
-from streamer.safety import add_cwd_to_path, factory_input, source_inputs
+from streamer.safety import factory_input, source_inputs
 from streamer.sinks import SINKS, Sink
 from streamer.sinks.base import SINK_CAPACITY, Delivery, SinkContext, default_delivery
 from streamer.sinks.mqtt import MqttSinkConfig
@@ -322,10 +322,12 @@ def _discard(parts: list[Any]) -> None:
                 log.debug("discarding %r failed: %s", part, exc)
 
 
-def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) -> Any:
-    """The Ray engine's actors, started (each loads the model as this process did)."""
+def _ray_engine(
+    config: PipelineConfig, spec: ModelSpec, loaded: Any, settings: ModelSettings
+) -> Any:
+    """The Ray engine's actors, started (each loads the model as this process did, from
+    ``spec``)."""
     from streamer.cluster.engine import EngineOptions, RayEngine
-    from streamer.cluster.worker import ModelSpec
 
     run, model = config.run, config.model
     if run.mode == "offline":
@@ -338,15 +340,13 @@ def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) ->
             "[run] engine = 'ray' does not run the generate head (it decodes from the state,"
             " which lives on the actors); use engine = 'local'"
         )
-    spec = ModelSpec(
-        factory=model.factory,
-        path=None if model.path is None else str(Path(model.path).resolve()),
-        options=dict(model.options or {}),
-        threads=model.threads,
+    spec = dataclasses.replace(
+        spec,
+        path=None if spec.path is None else str(Path(spec.path).resolve()),
+        options=dict(spec.options),
         # an actor given a GPU runs the model there (the driver needs none)
-        device="cuda" if run.worker_gpus > 0 else model.device,
+        device="cuda" if run.worker_gpus > 0 else spec.device,
         cwd=str(Path.cwd()),
-        max_batch=settings.max_batch,
     )
     options = EngineOptions(
         address=run.ray_address,
@@ -355,6 +355,7 @@ def _ray_engine(config: PipelineConfig, loaded: Any, settings: ModelSettings) ->
         gpus=run.worker_gpus,
         snapshot_every=run.snapshot_every,
         deadline_s=run.deadline_s,
+        max_batch=settings.max_batch,
     )
     engine = RayEngine(spec, loaded, options, ttl=settings.ttl)
     engine.start()
@@ -374,16 +375,16 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         )
     if model.device == "cuda" and not torch.cuda.is_available():
         raise InputError("[model] device: 'cuda' asked for, but no CUDA device is available")
-    if model.threads is not None:
-        torch.set_num_threads(model.threads)
-    if model.factory is not None:
-        add_cwd_to_path()
-    loaded = load_model(model.factory, model.path, options=model.options, threads=model.threads)
-    if model.device == "cuda":
-        module = getattr(loaded, "module", None)
-        if not isinstance(module, torch.nn.Module):
-            raise InputError("[model] device: 'cuda' works for torch models, not this one")
-        module.to("cuda")  # inputs follow the parameters' device; outputs come back to CPU
+    # factories name modules of the project at hand: imported from the current folder
+    spec = ModelSpec(
+        factory=model.factory,
+        path=model.path,
+        options=model.options,
+        threads=model.threads,
+        device=model.device,
+        cwd=str(Path.cwd()) if model.factory is not None else None,
+    )
+    loaded = spec.load()
     # the head's options, checked by its own model; the generate head's go to the stage
     head_options = model.head_options
     decoding: dict[str, Any] = {}
@@ -406,7 +407,7 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
     )
     engine = None
     if config.run.engine == "ray":
-        engine = _ray_engine(config, loaded, settings)
+        engine = _ray_engine(config, spec, loaded, settings)
     try:
         stage = ModelStage(
             loaded,

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.cluster.ring import HashRing
-from streamer.cluster.worker import ModelSpec, ModelWorker
+from streamer.cluster.worker import ModelWorker
+from streamer.models import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = [f"cam-{i}" for i in range(300)]

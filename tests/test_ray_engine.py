@@ -313,7 +313,7 @@ def test_gaps_restarts_and_lookahead_on_the_engine_equal_the_in_process_stage(
     from test_model_stage import stream_script
 
     from streamer.build import _ray_engine  # the engine as a run makes it
-    from streamer.models import load_model
+    from streamer.models import ModelSpec
     from streamer.stages.model import ModelSettings, ModelStage
     from streamer.testing import run_scripted
 
@@ -330,7 +330,8 @@ def test_gaps_restarts_and_lookahead_on_the_engine_equal_the_in_process_stage(
     def settings_for(**options: Any) -> ModelSettings:
         return ModelSettings(labels=("silence", "speech"), **options)
 
-    model = load_model("pipelines.audio_tagging:build")
+    spec = ModelSpec(factory="pipelines.audio_tagging:build", path=None)
+    model = spec.load()
     options = {"features": "raw", "lookahead": 2, "chunk": 3, "on_gap": "reset"}
     local = asyncio.run(
         run_scripted(scripts(), [ModelStage(model, settings_for(**options), mode="online")])
@@ -348,7 +349,7 @@ def test_gaps_restarts_and_lookahead_on_the_engine_equal_the_in_process_stage(
         "-",
     )
     settings = settings_for(**options)
-    engine = _ray_engine(config, model, settings)
+    engine = _ray_engine(config, spec, model, settings)
     stage = ModelStage(model, settings, mode="online", engine=engine)
     remote = asyncio.run(run_scripted(scripts(), [stage]))
     assert len(remote.outputs) == len(local.outputs) > 90

@@ -37,9 +37,9 @@ import numpy as np
 from torch import Tensor
 
 from streamer.cluster.ring import HashRing
-from streamer.cluster.worker import Chunk, ModelSpec, ModelWorker, from_wire, to_wire
+from streamer.cluster.worker import Chunk, ModelWorker, from_wire, to_wire
 from streamer.errors import InputError
-from streamer.models import State, StatefulModel, StateStore
+from streamer.models import ModelSpec, State, StatefulModel, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ class EngineOptions:
     snapshot_every: int = 8
     deadline_s: float = 10.0
     namespace: str | None = None
+    #: streams per model call on an actor, at most (``[model] max_batch``)
+    max_batch: int | None = None
 
 
 class RayEngine:
@@ -182,7 +184,7 @@ class RayEngine:
             num_gpus=self.options.gpus,
             max_restarts=0,
             scheduling_strategy="SPREAD",
-        ).remote(self.spec, name)
+        ).remote(self.spec, name, self.options.max_batch)
         slot = self._slots[name] = _Slot(name, handle)
         self._ring.add(name)
         return slot

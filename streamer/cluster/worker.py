@@ -2,27 +2,26 @@
 
 :class:`ModelWorker` is plain Python (Ray wraps it with ``ray.remote`` in
 :mod:`streamer.cluster.engine`, so the tests can also call it directly). It loads the model
-from a :class:`ModelSpec` (the ``[model]`` file, factory and options: every worker builds
-the same model) and keeps one :class:`~streamer.models.StateStore` for the streams it owns.
-A call steps the chunks of all its streams at once (:func:`~streamer.models.step_batch`:
-equal-length chunks of stackable states in one ``model.step``), and can hand back the
-states after it: the driver's snapshots, from which another worker carries a stream on.
+from a :class:`~streamer.models.ModelSpec` (the ``[model]`` file, factory and options:
+every worker builds the same model) and keeps one :class:`~streamer.models.StateStore`
+for the streams it owns. A call steps the chunks of all its streams at once
+(:func:`~streamer.models.step_batch`: equal-length chunks of stackable states in one
+``model.step``), and can hand back the states after it: the driver's snapshots, from
+which another worker carries a stream on.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from streamer.models import State, StatefulModel, StateStore, load_model, step_batch
+from streamer.models import ModelSpec, State, StateStore, step_batch
 
 #: One chunk as the driver sends it: (start the stream fresh first, ``x [T, F...]``).
 #: Chunks and outputs travel as numpy arrays: Ray pickles a tensor about 30 times slower
@@ -30,41 +29,13 @@ from streamer.models import State, StatefulModel, StateStore, load_model, step_b
 Chunk = tuple[bool, "np.ndarray[Any, Any] | Tensor"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a worker needs to build the run's model (``[model]``'s loading keys)."""
-
-    factory: str | None
-    path: str | None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    threads: int | None = None
-    device: str = "cpu"
-    #: the driver's working folder (a factory's module is imported from it, when it
-    #: exists on the worker's node too)
-    cwd: str | None = None
-    max_batch: int | None = None
-
-    def load(self) -> StatefulModel:
-        import torch
-
-        if self.cwd and os.path.isdir(self.cwd) and self.cwd not in sys.path:
-            sys.path.insert(0, self.cwd)
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        model = load_model(self.factory, self.path, options=self.options, threads=self.threads)
-        if self.device == "cuda":
-            module = getattr(model, "module", None)
-            if isinstance(module, torch.nn.Module):
-                module.to("cuda")
-        return model
-
-
 class ModelWorker:
     """Steps the streams it owns; every method returns quickly but :meth:`step`."""
 
-    def __init__(self, spec: ModelSpec, name: str = "worker") -> None:
+    def __init__(self, spec: ModelSpec, name: str = "worker", max_batch: int | None = None) -> None:
         self.name = name
         self.spec = spec
+        self.max_batch = max_batch
         self.model = spec.load()
         self.store = StateStore(self.model)
         self.calls = 0
@@ -99,7 +70,7 @@ class ModelWorker:
                 self.store.reset(stream)
             xs[stream] = from_wire(x)
         self.calls += 1
-        ys = step_batch(self.model, self.store, xs, 0.0, max_batch=self.spec.max_batch)
+        ys = step_batch(self.model, self.store, xs, 0.0, max_batch=self.max_batch)
         outputs = {stream: to_wire(y) for stream, y in ys.items()}
         return outputs, {stream: _own_state(self.store.get(stream)) for stream in snapshot}
 

@@ -5,7 +5,7 @@ Synchronous and free of asyncio; a model stage runs these calls on its worker th
 
 from streamer.models.adapters import ContextModel, as_model
 from streamer.models.batching import step_batch
-from streamer.models.loading import load_model
+from streamer.models.loading import ModelSpec, load_model
 from streamer.models.module import ModuleModel, TorchScriptModel
 from streamer.models.onnx import OnnxModel
 from streamer.models.protocol import ModelContractError, State, StatefulModel, StreamingRefused
@@ -16,6 +16,7 @@ __all__ = [
     "ContextModel",
     "GapPolicy",
     "ModelContractError",
+    "ModelSpec",
     "ModuleModel",
     "OnnxModel",
     "RNNModel",

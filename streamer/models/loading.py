@@ -25,11 +25,14 @@ factory or the file.
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 import re
+import sys
 import warnings
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,35 @@ from streamer.models.options import FileOptions, onnx_options, torchscript_optio
 from streamer.models.protocol import StatefulModel
 
 TORCH_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the run's model (``[model]``'s loading keys): what the run loads in
+    its own process, and what each Ray model actor loads again on its node."""
+
+    factory: str | None
+    path: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    device: str = "cpu"
+    #: the folder a factory's module is imported from (the run's working folder), when
+    #: it exists here
+    cwd: str | None = None
+
+    def load(self) -> StatefulModel:
+        """The model: torch's threads set, loaded (:func:`load_model`), on the device."""
+        if self.cwd and os.path.isdir(self.cwd) and self.cwd not in sys.path:
+            sys.path.insert(0, self.cwd)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        model = load_model(self.factory, self.path, options=self.options, threads=self.threads)
+        if self.device == "cuda":
+            module = getattr(model, "module", None)
+            if not isinstance(module, nn.Module):
+                raise InputError("[model] device: 'cuda' works for torch models, not this one")
+            module.to("cuda")  # inputs follow the parameters' device; outputs come back to CPU
+        return model
 
 
 def load_model(
