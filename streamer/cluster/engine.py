@@ -101,6 +101,10 @@ class _Slot:
     served: set[str] = field(default_factory=set)  # every stream it held, for the report
     calls: int = 0
 
+    def placed(self, info: dict[str, Any]) -> None:
+        """Where the actor runs (its :meth:`ModelWorker.ready` answer)."""
+        self.host, self.node = str(info.get("host")), info.get("node")
+
 
 class WorkerLost(Exception):
     """A model actor died or missed its deadline."""
@@ -174,7 +178,7 @@ class RayEngine:
                 f"[run] engine = 'ray': the model actors did not start: {_cause(exc)}"
             ) from None
         for slot, info in zip(self._slots.values(), infos, strict=True):
-            slot.host, slot.node = str(info.get("host")), info.get("node")
+            slot.placed(info)
 
     def _add_slot(self) -> _Slot:
         name = f"model-{self._next}"
@@ -243,7 +247,7 @@ class RayEngine:
             fresh = [self._add_slot() for _ in range(wanted - len(self._slots))]
             infos = await asyncio.gather(*(self._await(s, s.handle.ready.remote()) for s in fresh))
             for slot, info in zip(fresh, infos, strict=True):
-                slot.host, slot.node = str(info.get("host")), info.get("node")
+                slot.placed(info)
         else:
             leaving = sorted(self._slots.values(), key=lambda s: s.name)[
                 wanted - len(self._slots) :

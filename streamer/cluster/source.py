@@ -21,9 +21,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
-
 from streamer.clock import Clock, RealClock
+from streamer.cluster.wire import writable
 from streamer.errors import InputError
 from streamer.frames import Frame, Item, StreamInfo
 from streamer.sources.base import SourceOptions
@@ -152,10 +151,9 @@ class RemoteSource:
             shift = self.clock.now() - time.time() + remote_wall - remote_now
             for item in items:
                 if isinstance(item, Frame):
-                    data = item.data
-                    if isinstance(data, np.ndarray) and not data.flags.writeable:
-                        data = data.copy()  # Ray hands over read-only views of its store
-                    item = dataclasses.replace(item, captured=item.captured + shift, data=data)
+                    item = dataclasses.replace(
+                        item, captured=item.captured + shift, data=writable(item.data)
+                    )
                 yield item
             if ended:
                 return

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamer.cluster.wire import writable
 from streamer.models import ModelSpec, State, StateStore, step_batch
 
 #: One chunk as the driver sends it: (start the stream fresh first, ``x [T, F...]``).
@@ -129,13 +130,10 @@ def to_wire(tensor: Tensor) -> np.ndarray[Any, Any]:
 
 
 def from_wire(data: np.ndarray[Any, Any] | Tensor) -> Tensor:
-    """An array from the wire as a tensor (Ray hands over read-only views of its object
-    store, which torch must not write into: those are copied)."""
+    """An array from the wire as a tensor (see :func:`writable`)."""
     if isinstance(data, Tensor):
         return data
-    if not data.flags.writeable:
-        data = data.copy()
-    return torch.from_numpy(data)
+    return torch.from_numpy(writable(data))
 
 
 def _own_state(state: State) -> State:
