@@ -126,9 +126,10 @@ async def clients_main(count: int, stream: str) -> None:
 
 
 # -- the pipeline's process ------------------------------------------------------------------
-def run_once(
-    model: str, seconds: float, serve: bool, out: Path, clients: subprocess.Popen[str] | None
-) -> dict[str, Any]:
+def build_run(model: str, seconds: float, serve: bool, out: Path) -> Any:
+    """The pipeline of one run: ``model`` (``motion``: the webcam labeller, else the
+    brightness thresholder) on ``seconds`` of the synthetic video, online, as fast as it
+    goes, to ``out``; with the view on a free port when ``serve``."""
     from streamer.build import Overrides, apply_overrides, build_pipeline
     from streamer.config import load_config, parse_config
 
@@ -145,12 +146,23 @@ def run_once(
         out=str(out),
         serve="127.0.0.1:0" if serve else None,
     )
-    pipeline = build_pipeline(apply_overrides(config, overrides))
+    return build_pipeline(apply_overrides(config, overrides))
+
+
+def view_server(pipeline: Any) -> Any:
+    """The web sink's server of ``pipeline``."""
+    return next(s for s in pipeline.sinks if hasattr(s, "server")).server
+
+
+def run_once(
+    model: str, seconds: float, serve: bool, out: Path, clients: subprocess.Popen[str] | None
+) -> dict[str, Any]:
+    pipeline = build_run(model, seconds, serve, out)
     got: list[dict[str, int]] = []
     clients_cpu = 0.0
     if serve:
         assert clients is not None and clients.stdin is not None and clients.stdout is not None
-        server = next(s for s in pipeline.sinks if hasattr(s, "server")).server  # type: ignore[attr-defined]
+        server = view_server(pipeline)
         clients.stdin.write(f"{server.port}\n")
         clients.stdin.flush()
         time.sleep(0.5)  # they connect to the listening socket; served once the run starts
@@ -220,23 +232,11 @@ def connected_cost(
     the machine's slow drifts cancelled (the sink serves in both)."""
     import threading
 
-    from streamer.build import Overrides, apply_overrides, build_pipeline
-    from streamer.config import load_config
-
-    source = SOURCE.format(seconds=seconds)
-    overrides = Overrides(
-        sources=(source,),
-        mode="online",
-        pace="fast",
-        quiet=True,
-        out=str(out),
-        serve="127.0.0.1:0",
-    )
-    pipeline = build_pipeline(apply_overrides(load_config(str(PIPELINE)), overrides))
+    pipeline = build_run("motion", seconds, True, out)
     assert pipeline.metrics is not None and clients.stdin is not None
     assert clients.stdout is not None
     metrics = pipeline.metrics
-    server = next(s for s in pipeline.sinks if hasattr(s, "server")).server  # type: ignore[attr-defined]
+    server = view_server(pipeline)
     samples: list[tuple[float, int]] = []
     running = threading.Event()
     running.set()

@@ -107,11 +107,7 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
         if not (overrides.quiet and isinstance(s, ConsoleSinkConfig))
     ]
     if overrides.out is not None:
-        jsonl = [s for s in sinks if s["type"] == "jsonl"]
-        if jsonl:
-            jsonl[0]["path"] = overrides.out
-        else:
-            sinks.append({"type": "jsonl", "path": overrides.out})
+        _set_on_first(sinks, "jsonl", "path", overrides.out)
     video = [s for s in sinks if s["type"] == "video"]
     if overrides.video_out is not None or overrides.preview:
         if not video:
@@ -125,15 +121,20 @@ def apply_overrides(config: PipelineConfig, overrides: Overrides) -> PipelineCon
         mqtt = options_from_url(url, "--mqtt", MqttSinkConfig, type="mqtt")
         sinks.append(mqtt.model_dump(exclude_unset=True))
     if overrides.serve is not None:
-        web = [s for s in sinks if s["type"] == "web"]
-        if web:
-            web[0]["bind"] = overrides.serve
-        else:
-            sinks.append({"type": "web", "bind": overrides.serve})
+        _set_on_first(sinks, "web", "bind", overrides.serve)
     if not overrides.quiet and not any(s["type"] == "console" for s in sinks):
         sinks.insert(0, {"type": "console"})
     changes[("sinks", "")] = sinks
     return with_overrides(config, changes, overrides.origin, flags)
+
+
+def _set_on_first(sinks: list[dict[str, Any]], kind: str, key: str, value: Any) -> None:
+    """``key = value`` on the first sink table of type ``kind``, or a new one with it."""
+    for table in sinks:
+        if table["type"] == kind:
+            table[key] = value
+            return
+    sinks.append({"type": kind, key: value})
 
 
 def sink_names(config: PipelineConfig, overrides: Overrides) -> list[str]:
