@@ -100,8 +100,7 @@ class WebSink:
         await self.start()
         async for item in inbox:
             if isinstance(item, Frame):
-                if item.stream in self._video:
-                    self._offer(item)
+                self._offer(item)
             elif isinstance(item, StreamStart):
                 info = item.info
                 if info is not None:
@@ -132,18 +131,16 @@ class WebSink:
         )
 
     def _offer(self, frame: Frame) -> None:
-        """Encode ``frame`` if its stream is watched, due, and not busy encoding."""
+        """Encode ``frame`` if the view still wants it (:meth:`wants_frame`: the tap may
+        hold frames that were due when the pump asked)."""
+        if not self.wants_frame(frame):
+            return
         stream = frame.stream
-        view = self.hub.streams.get(stream)
-        if view is None or view.watchers <= 0 or stream in self._encoding:
-            return
-        now = time.monotonic()
-        if now < self._next_due.get(stream, 0.0):
-            return
         # 10 % short of the period: a source at exactly max_fps, whose frames arrive a
         # hair early or late, gets all its frames shown, not every other one
-        self._next_due[stream] = now + 0.9 / self.max_fps
-        future = self._worker.start(_encode, frame.data, view.shown, self.jpeg_quality)
+        self._next_due[stream] = time.monotonic() + 0.9 / self.max_fps
+        shown = self.hub.streams[stream].shown
+        future = self._worker.start(_encode, frame.data, shown, self.jpeg_quality)
         self._encoding[stream] = future
         future.add_done_callback(lambda done: self._encoded(stream, done))
 
