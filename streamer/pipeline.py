@@ -34,7 +34,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -250,6 +250,8 @@ class Pipeline:
         metrics = self.metrics
         assert metrics is not None
         cut: set[str] = set()  # streams ended early by the duration limit
+        # each tap's sink, channel, and its say on which frames go in (looked up once)
+        taps = [(sink, tap, _frame_filter(sink)) for sink, tap in self._taps]
         async for item in source:
             if item.stream in cut:
                 continue
@@ -274,9 +276,9 @@ class Pipeline:
             if isinstance(item, Frame):
                 self._frames_in += 1
                 open_streams[item.stream] = item.index + 1
-            for sink, tap in self._taps:
+            for sink, tap, wants in taps:
                 if item.stream in sink.frame_streams and (
-                    not isinstance(item, Frame) or _wants(sink, item)
+                    wants is None or not isinstance(item, Frame) or wants(item)
                 ):
                     await tap.send(item)
 
@@ -506,8 +508,8 @@ async def _close_quietly(sink: Sink) -> None:
         return
 
 
-def _wants(sink: FrameSink, frame: Frame) -> bool:
-    """Whether ``sink`` takes ``frame`` into its tap: its ``wants_frame(frame)`` when it
-    has one (the live view takes only the frames it would show), else every frame."""
+def _frame_filter(sink: FrameSink) -> Callable[[Frame], bool] | None:
+    """``sink``'s say on which frames enter its tap: its ``wants_frame`` when it has one
+    (the live view takes only the frames it would show); None: every frame."""
     wants = getattr(sink, "wants_frame", None)
-    return wants is None or bool(wants(frame))
+    return wants if callable(wants) else None
