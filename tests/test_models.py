@@ -290,6 +290,59 @@ def test_step_batch_leaves_the_store_untouched_when_the_model_fails() -> None:
     assert store.get("a") is kept and "b" not in store and store.last_seen("a") == 0.0
 
 
+class InPlace(nn.Module):
+    """Adds each chunk's sum into its input state in place; raises on a 5-step chunk."""
+
+    def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        if state is None:
+            state = x.new_zeros(x.shape[0], 1)
+        state.add_(x.sum(dim=(1, 2))[:, None])
+        if x.shape[1] == 5:
+            raise RuntimeError("boom")
+        return x[..., :1] + state[:, None], state
+
+
+def test_a_batch_kept_whole_gives_what_stepping_each_stream_alone_gives() -> None:
+    """The same streams again in the same order step from their batch as it was kept
+    (no stacking); a stream read on its own or stepped alone leaves the batch."""
+    model = gru_model(layers=2)
+    store = StateStore(model)
+    xs = {s: randn(12, F, seed=i) for i, s in enumerate("abc")}
+    got: dict[str, list[Tensor]] = {s: [] for s in xs}
+    for t in range(4):
+        chunks = {s: x[3 * t : 3 * t + 3] for s, x in xs.items()}
+        if t == 2:  # "b" alone, then the three again: states move out of and into a batch
+            got["b"].append(step_batch(model, store, {"b": chunks.pop("b")}, now=t)["b"])
+            assert store.get_batch(["a", "c"]) is None
+            for s, y in step_batch(model, store, chunks, now=t).items():
+                got[s].append(y)
+            continue
+        for s, y in step_batch(model, store, chunks, now=t).items():
+            got[s].append(y)
+        assert store.get_batch(list(chunks)) is not None
+        assert store.get_batch(list(reversed(chunks))) is None
+    for s, x in xs.items():
+        alone = model.forward(x[None])[0]
+        torch.testing.assert_close(torch.cat(got[s]), alone, atol=1e-5, rtol=0)
+    a = store.get("a")  # now "a"'s own: the batch is no longer whole
+    assert store.get("a") is a and store.get_batch(["a", "b", "c"]) is None
+
+
+def test_a_model_that_changes_its_state_in_place_cannot_touch_a_kept_batch() -> None:
+    model = ModuleModel(InPlace())
+    store = StateStore(model)
+    ones = torch.ones(2, 1)
+    step_batch(model, store, {"a": ones, "b": 2 * ones}, now=0.0)
+    kept = store.get_batch(["a", "b"])
+    assert kept is not None
+    before = kept.tensors[0].clone()
+    with pytest.raises(RuntimeError, match="boom"):
+        step_batch(model, store, {"a": torch.ones(5, 1), "b": torch.ones(5, 1)}, now=1.0)
+    torch.testing.assert_close(store.get_batch(["a", "b"]).tensors[0], before)  # type: ignore[union-attr]
+    out = step_batch(model, store, {"a": ones, "b": ones}, now=2.0)
+    assert out["a"][:, 0].tolist() == [5.0, 5.0] and out["b"][:, 0].tolist() == [7.0, 7.0]
+
+
 def test_step_batch_checks_its_arguments() -> None:
     model = gru_model()
     store = StateStore(model)

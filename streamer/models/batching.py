@@ -49,14 +49,16 @@ def step_batch(
     """
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"max_batch must be >= 1 or None, not {max_batch}")
-    pending: dict[str, _Pending] = {}
     for stream, x in chunks.items():
         if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] < 1:
             shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
                 f"stream '{stream}': a chunk must be [T, F...] with T >= 1, got {shape}"
             )
-        pending[stream] = _Pending(x, store.get(stream))
+    whole = _step_whole(model, store, chunks, now, max_batch)
+    if whole is not None:
+        return whole
+    pending = {stream: _Pending(x, store.get(stream)) for stream, x in chunks.items()}
 
     done: dict[str, _Pending] = {}
     signatures = {stream: item.state.signature for stream, item in pending.items()}
@@ -82,6 +84,41 @@ def step_batch(
         outputs = item.outputs
         results[stream] = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
     return results
+
+
+def _step_whole(
+    model: StatefulModel,
+    store: StateStore,
+    chunks: Mapping[str, Tensor],
+    now: float,
+    max_batch: int | None,
+) -> dict[str, Tensor] | None:
+    """The common case in one call, or None: chunks of one shape and type, all within
+    ``max_batch``, states that stack. The new state is kept whole (``put_batch``), so
+    when the same streams come back in the same order their state is not stacked and
+    split again every call, only copied (a model that changes its input state in place
+    cannot touch the stored one)."""
+    streams = list(chunks)
+    xs = list(chunks.values())
+    if not xs:
+        return {}
+    shape, dtype = xs[0].shape, xs[0].dtype
+    if (max_batch is not None and len(xs) > max_batch) or any(
+        x.shape != shape or x.dtype != dtype for x in xs
+    ):
+        return None
+    kept = store.get_batch(streams)
+    if kept is not None:
+        state = kept.clone()
+    else:
+        states = [store.get(stream) for stream in streams]
+        signature = states[0].signature
+        if any(other.signature != signature for other in states[1:]):
+            return None
+        state = State.stack(states, check=False)  # a copy
+    y, new = model.step(torch.stack(xs), state)
+    store.put_batch(streams, new, now)
+    return dict(zip(streams, y.unbind(0), strict=True))
 
 
 def _step_group(model: StatefulModel, members: list[tuple[str, _Pending]]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Literal
 
 from streamer.models.protocol import State, StatefulModel
@@ -36,27 +37,65 @@ class StateStore:
         self.model = model
         self.ttl = ttl
         self._states: dict[str, State] = {}  # streams without one start fresh
+        # streams whose state is a row of a batch kept whole (put_batch): stream -> row
+        self._rows: dict[str, tuple[_Batch, int]] = {}
         self._seen: dict[str, float] = {}  # every known stream: when it was last active
         self._lock = threading.Lock()
 
     def get(self, stream: str) -> State:
         """The stream's state, or a fresh initial state (batch 1) if none is held."""
         state = self._states.get(stream)
-        return state if state is not None else self.model.initial_state(1)
+        if state is not None:
+            return state
+        row = self._rows.pop(stream, None)
+        if row is not None:  # its row of the batch, copied: now the stream's own state
+            state = self._states[stream] = row[0].state.index(row[1])
+            return state
+        return self.model.initial_state(1)
 
     def put(self, stream: str, state: State, now: float) -> None:
         """Keep ``state`` (batch 1) as the stream's state; the stream was active at ``now``."""
         if state.batch != 1:
             raise ValueError(f"stream '{stream}': a stored state has batch 1, not {state.batch}")
         self._states[stream] = state
+        self._rows.pop(stream, None)
+        self._stamp((stream,), now)
+
+    def put_batch(self, streams: list[str], state: State, now: float) -> None:
+        """Keep ``state`` (batch ``len(streams)``, row ``i`` stream ``i``'s) whole: the
+        next :meth:`get_batch` of the same streams in the same order is ``state`` itself,
+        with no stacking; :meth:`get` of one of them copies its row."""
+        if state.batch != len(streams):
+            raise ValueError(f"a batch of {len(streams)} streams has a state of {state.batch}")
+        batch = _Batch(state, tuple(streams))
+        for row, stream in enumerate(streams):
+            self._states.pop(stream, None)
+            self._rows[stream] = (batch, row)
+        self._stamp(streams, now)
+
+    def get_batch(self, streams: list[str]) -> State | None:
+        """The state :meth:`put_batch` kept for exactly ``streams`` (in that order), when
+        none of them has changed since; else None. Not to be changed in place."""
+        row = self._rows.get(streams[0]) if streams else None
+        if row is None or row[0].streams != tuple(streams):
+            return None
+        batch = row[0]
+        rows = self._rows
+        if all(rows.get(stream, (None, 0))[0] is batch for stream in streams):
+            return batch.state
+        return None
+
+    def _stamp(self, streams: Iterable[str], now: float) -> None:
         with self._lock:
-            seen = self._seen.get(stream)
-            if seen is None or now > seen:
-                self._seen[stream] = now
+            for stream in streams:
+                seen = self._seen.get(stream)
+                if seen is None or now > seen:
+                    self._seen[stream] = now
 
     def start(self, stream: str, now: float) -> None:
         """A stream (re)starts: fresh state, active at ``now``."""
         self._states.pop(stream, None)
+        self._rows.pop(stream, None)
         with self._lock:
             self._seen[stream] = now
 
@@ -71,6 +110,7 @@ class StateStore:
     def reset(self, stream: str) -> None:
         """Forget the stream's state: its next step starts fresh."""
         self._states.pop(stream, None)
+        self._rows.pop(stream, None)
 
     def on_gap(self, stream: str, policy: GapPolicy) -> None:
         """Frames were lost: ``reset`` starts the stream fresh, ``keep`` carries on."""
@@ -82,6 +122,7 @@ class StateStore:
     def end(self, stream: str) -> None:
         """The stream is over: drop everything about it."""
         self._states.pop(stream, None)
+        self._rows.pop(stream, None)
         with self._lock:
             self._seen.pop(stream, None)
 
@@ -114,3 +155,11 @@ class StateStore:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Batch:
+    """A state kept whole for the streams of its rows (:meth:`StateStore.put_batch`)."""
+
+    state: State
+    streams: tuple[str, ...]

@@ -139,7 +139,19 @@ class Raw(Features):
 
     def push_frame(self, frame: Frame) -> tuple[Tensor, list[Step]]:
         """One step; for audio its duration is the frame's real samples over the rate."""
-        x = self.push(frame.data)
+        data = frame.data
+        if (  # the common case, a full float32 chunk: a view, no conversion
+            self.media_kind == "audio"
+            and type(data) is np.ndarray
+            and data.dtype == np.float32
+            and data.ndim == 2
+            and data.shape[0] == self.chunk
+            and self._shape == (data.size,)
+        ):
+            real = real_count(frame.pts, data.shape[0], frame.rate, self.samples)
+            step = Step(frame.index, frame.pts, frame.captured, real / frame.rate)
+            return torch.from_numpy(data).reshape(1, -1), [step]
+        x = self.push(data)
         duration = frame.duration
         if self.media_kind == "audio":
             real = real_count(frame.pts, len(frame.data), frame.rate, self.samples)
