@@ -26,6 +26,10 @@ sink that stamps each output's arrival: capture-to-sink = arrival - ``captured``
    output (target: none lost), and the backlog is reported: the first edge's maximum depth,
    the frames due by the media's end whose outputs had not arrived then, the largest
    latency, and how far past the media's end the run finished.
+4. ``worker_round_trip`` (reported, no target): the floor under target 1 on the machine at
+   hand. A no-op call to a worker thread and back, once a frame period (both threads idle
+   between calls, as in ``normal``), against the same calls back to back. The model stage
+   makes one such round trip per frame, and a thread that has slept wakes slower on a VM.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from streamer.pipeline import Mode, Pipeline
 from streamer.sinks import JsonlSink
 from streamer.stages.model import ModelSettings, ModelStage
 from streamer.testing import ScriptedSource
+from streamer.worker import Worker
 
 FPS = 30.0
 PERIOD_MS = 1000.0 / FPS
@@ -174,6 +179,32 @@ def run(
     }
 
 
+def idle_round_trips(period_s: float = PERIOD_MS / 1000.0, calls: int = 60) -> dict[str, Any]:
+    """The floor under target 4a on this machine: a no-op call to a ``Worker`` thread and
+    back, made once a frame period (both threads idle in between, as in the ``normal``
+    run), against the same calls back to back (threads hot). The model stage makes one
+    such round trip per frame."""
+
+    async def run() -> dict[str, Any]:
+        worker = Worker("probe")
+        await worker.call(time.perf_counter)
+        idle: list[float] = []
+        hot: list[float] = []
+        for _ in range(calls):
+            await asyncio.sleep(period_s)
+            began = time.perf_counter()
+            await worker.call(time.perf_counter)
+            idle.append((time.perf_counter() - began) * 1000)
+        for _ in range(calls):
+            began = time.perf_counter()
+            await worker.call(time.perf_counter)
+            hot.append((time.perf_counter() - began) * 1000)
+        worker.close()
+        return {"after_idle_ms": dist(idle), "back_to_back_ms": dist(hot)}
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=10.0, help="media seconds per run")
@@ -205,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     if normal["capture_to_sink_ms"]["p99"] is not None:
         excess = round(normal["capture_to_sink_ms"]["p99"] - normal["model_call_ms"]["p99"], 3)
     figures["normal"]["p99_over_model_p99_ms"] = excess
+    log("latency: worker thread round trips, after idle and back to back")
+    figures["worker_round_trip"] = idle_round_trips()
     figures["wall_s"] = round(time.perf_counter() - began, 1)
     met = {
         "normal_p99_over_model_p99_ms_max": None
