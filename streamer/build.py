@@ -10,10 +10,9 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from streamer.clock import Clock, RealClock
 from streamer.config import (
@@ -28,7 +27,6 @@ from streamer.config import (
 from streamer.errors import InputError
 from streamer.frames import Frame, StreamInfo
 from streamer.metrics import Metrics
-from streamer.models import ModelSpec
 from streamer.mqtt.broker import options_from_url
 from streamer.pipeline import Pipeline
 from streamer.safety import factory_input, source_inputs
@@ -37,7 +35,10 @@ from streamer.sinks.base import SINK_CAPACITY, Delivery, SinkContext, default_de
 from streamer.sinks.mqtt import MqttSinkConfig
 from streamer.sources import Source, SourceOptions, open_source
 from streamer.stages import Stage, ThresholdStage
-from streamer.stages.model import ModelSettings, ModelStage, dry_check
+
+if TYPE_CHECKING:  # torch and the model stage are imported only for a pipeline with a model
+    from streamer.models import ModelSpec
+    from streamer.stages.model import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +277,9 @@ def build_pipeline(
         stage = _model_stage(config, sources, clock)
         stages.append(stage)
         metrics = Metrics(clock, mode=mode)
-        if isinstance(stage, ModelStage):
-            metrics.reporters.append(stage.report)
+        report = getattr(stage, "report", None)
+        if callable(report):  # the model stage's figures for the summary
+            metrics.reporters.append(report)
         deliveries: list[Delivery] = []
         names = names or [f"[[sinks]] #{n}" for n in range(1, len(config.sinks) + 1)]
         for name, options in zip(names, config.sinks, strict=True):
@@ -365,7 +367,6 @@ def _ray_engine(
 
 def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) -> Stage:
     model = config.model
-    source = sources[0]
     if model.is_builtin:
         kind = None if model.builtin == "auto" else model.builtin
         for each in sources:
@@ -374,6 +375,19 @@ def _model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) ->
         return ThresholdStage(
             name=kind or "threshold", kind=kind, threshold=model.threshold, labels=labels
         )
+    return _trained_model_stage(config, sources, clock)
+
+
+def _trained_model_stage(config: PipelineConfig, sources: list[Source], clock: Clock) -> Stage:
+    """The model stage of a ``[model]`` with a model (importing torch, here and only here:
+    a pipeline without a model starts without it)."""
+    import torch
+
+    from streamer.models import ModelSpec
+    from streamer.stages.model import ModelSettings, ModelStage, dry_check
+
+    model = config.model
+    source = sources[0]
     if model.device == "cuda" and not torch.cuda.is_available():
         raise InputError("[model] device: 'cuda' asked for, but no CUDA device is available")
     # factories name modules of the project at hand: imported from the current folder

@@ -1,4 +1,4 @@
-"""The ``[model]`` section end to end: the real ``streamer run`` command on real files.
+"""The ``[model]`` section end to end: the ``streamer run`` command on real files.
 
 A user points ``[model]`` at a factory, a state dict for it, a TorchScript file or an ONNX
 file, and runs it online (with a lookahead) or offline, per frame, window or sequence.
@@ -6,17 +6,21 @@ For a causal model ``--mode online`` and ``--mode offline`` give the same scores
 scores are those of the model run directly over the file's log-mel features. Bad models
 are refused before the run with exit code 2 and one line naming what is wrong.
 
-Every command here starts a Python with torch (seconds of CPU), so the runs of a group
-are made by one fixture, side by side (:func:`media.run_cli_together`), and the tests
-check their results. Pipeline files are written in a temporary folder with absolute paths.
+The runs of a group are made by one fixture, through ``streamer.cli.main`` in this
+process (a fresh Python with torch would cost seconds of CPU each), and the tests check
+their results. Pipeline files are written in a temporary folder with absolute paths.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
+import os
 import pickle
 import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +36,6 @@ from media import (
     SPEECH_FRAMES,
     describe,
     read_jsonl,
-    run_cli_together,
     speech_samples,
     write_audio,
     write_speech_wav,
@@ -40,6 +43,7 @@ from media import (
 from torch import Tensor, nn
 
 from pipelines.audio_tagging import build
+from streamer.cli import main
 from streamer.stages.model.features import logmel_offline
 
 LABELS = ["silence", "speech"]
@@ -112,31 +116,37 @@ class Job:
 
 
 def run_all(jobs: dict[str, Job], folder: Path, cwd: Path = REPO_ROOT) -> dict[str, Run]:
-    """``streamer run PIPELINE --mode MODE --out --metrics -q`` for every job, side by side."""
-    commands: list[list[str]] = []
-    paths: list[tuple[Path, Path]] = []
+    """``streamer run PIPELINE --mode MODE --out --metrics -q`` for every job, one after
+    the other through ``streamer.cli.main`` in this process (cwd: ``cwd``): what is
+    tested is the run's result, not a process (the real processes' side of bad input is
+    ``test_bad_input.py``'s, whole runs ``test_cli.py``'s)."""
+    runs: dict[str, Run] = {}
     for name, job in jobs.items():
         out, metrics = folder / f"{name}.jsonl", folder / f"{name}.metrics.json"
-        commands.append(
-            [
-                "run",
-                str(job.pipeline),
-                "--mode",
-                job.mode,
-                "--out",
-                str(out),
-                "--metrics",
-                str(metrics),
-                "-q",
-                *job.extra,
-            ]
-        )
-        paths.append((out, metrics))
-    results = run_cli_together(*commands, cwd=cwd, timeout=180)
-    return {
-        name: Run(result, out, metrics)
-        for name, result, (out, metrics) in zip(jobs, results, paths, strict=True)
-    }
+        args = ["run", str(job.pipeline), "--mode", job.mode, "--out", str(out)]
+        args += ["--metrics", str(metrics), "-q", *job.extra]
+        runs[name] = Run(run_here(args, cwd), out, metrics)
+    return runs
+
+
+def run_here(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``streamer ARGS`` by ``main`` in this process from ``cwd``, its stdout and stderr
+    captured; the working folder, ``sys.path`` and the modules a run imported from
+    ``cwd`` (a user's factory module) are put back afterwards."""
+    before_path, before_modules, here = list(sys.path), set(sys.modules), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+    finally:
+        os.chdir(here)
+        sys.path[:] = before_path
+        for module in set(sys.modules) - before_modules:
+            origin = getattr(sys.modules[module], "__file__", None) or ""
+            if origin.startswith(str(cwd)) and cwd != REPO_ROOT:
+                del sys.modules[module]
+    return subprocess.CompletedProcess(["streamer", *args], code, out.getvalue(), err.getvalue())
 
 
 Key = tuple[str, int, int]
