@@ -56,6 +56,21 @@ def frame_stream(lookahead: int = 0) -> ModelStream:
     return ModelStream("s", features, FrameHead("s", LABELS), lookahead=lookahead)
 
 
+def test_a_chunk_is_memory_of_its_own_not_a_view_of_its_frames() -> None:
+    """A raw audio step is read without a copy, but the chunk the model gets is a copy:
+    a frame's data may be a read-only map of a recording, and a model may write into its
+    input. The steps equal the frames' samples either way."""
+    stream = frame_stream()
+    data = np.arange(2, dtype=np.float32).reshape(2, 1)
+    data.flags.writeable = False
+    first = Frame("s", 0, 0.0, 10.0, data, RATE)
+    stream.push([first])
+    x, steps = stream.take_chunk()
+    assert not np.shares_memory(x.numpy(), data)
+    assert x.tolist() == [[0.0, 1.0]] and [s.index for s in steps] == [0]
+    assert steps[0].duration == pytest.approx(0.02)
+
+
 def test_frames_become_pending_steps_taken_in_chunks() -> None:
     stream = frame_stream()
     x = stream.push(frames(0, 3))

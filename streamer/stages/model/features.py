@@ -150,7 +150,8 @@ class Raw(Features):
         ):
             real = real_count(frame.pts, data.shape[0], frame.rate, self.samples)
             step = Step(frame.index, frame.pts, frame.captured, real / frame.rate)
-            return torch.from_numpy(data).reshape(1, -1), [step]
+            array = data if data.flags.writeable else data.copy()  # (torch warns on read-only)
+            return torch.from_numpy(array).reshape(1, -1), [step]
         x = self.push(data)
         duration = frame.duration
         if self.media_kind == "audio":

@@ -92,8 +92,9 @@ class ModelStream:
         their steps, ``T`` a multiple of ``multiple`` (the rest stays pending)."""
         if self.pending < max(1, multiple):
             raise ValueError(f"stream '{self.stream}': {self.pending} steps pending")
-        x = self._x[0] if len(self._x) == 1 else torch.cat(self._x)
-        steps = self._steps
+        # (a copy even of one piece: a raw audio step is a view of its frame's data, which
+        # may be a read-only map of a recording; the model gets memory of its own)
+        x, steps = torch.cat(self._x), self._steps
         self._x, self._steps = [], []
         if multiple > 1:
             whole = x.shape[0] // multiple * multiple
