@@ -28,7 +28,8 @@ from the cores the pipeline uses).
 
 A second measure, ``connected_windows``: one long run with the view (``--toggle-seconds``
 of video, about 45 s), the clients connected for ``--window`` seconds, then none for as
-long, six times; each connected window's output rate (its first and last 0.5 s left out:
+long, ``--pairs`` times (6; 0 leaves it out, as ``make bench`` does to stay within its
+5 minutes); each connected window's output rate (its first and last 0.5 s left out:
 20 connections arriving or leaving) against the mean of the two windows without clients
 either side of it, and the median of those ratios. Slow drifts of the machine cancel out,
 so this is the steadier figure for what connected browsers cost; the sink serves in both
@@ -37,7 +38,8 @@ kinds of window, so its own bookkeeping of outputs is not in it (the paired runs
 Target: the clients cost < 5% of the throughput (median paired ratio with / without
 >= 0.95). Also reported: the frames and WebSocket messages the clients got, and the same
 comparison for the built-in brightness thresholder (a model that costs nearly nothing, so
-the view's own per-output work shows most; no target).
+the view's own per-output work shows most; no target; ``--brightness-repeats 0`` leaves
+it out).
 """
 
 from __future__ import annotations
@@ -296,6 +298,15 @@ def main() -> None:
         help="media seconds of the toggled run (enough for 6 pairs of windows: ~45 s)",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--brightness-repeats",
+        type=int,
+        default=None,
+        help="pairs for the brightness thresholder (default: --repeats; 0: skipped)",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=6, help="window pairs of the toggled run (0: skipped)"
+    )
     parser.add_argument("--client-process", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream", default="shapes", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -321,8 +332,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             out = Path(folder) / "out.jsonl"
             motion = compare("motion", args.seconds, args.repeats, out, clients)
-            cheap = compare("brightness", args.seconds * 2, args.repeats, out, clients)
-            toggled = connected_cost(args.toggle_seconds, args.window, 6, out, clients)
+            bright = args.repeats if args.brightness_repeats is None else args.brightness_repeats
+            cheap = (
+                compare("brightness", args.seconds * 2, bright, out, clients) if bright else None
+            )
+            toggled = (
+                connected_cost(args.toggle_seconds, args.window, args.pairs, out, clients)
+                if args.pairs
+                else None
+            )
     finally:
         assert clients.stdin is not None
         clients.stdin.close()

@@ -35,8 +35,11 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_motion.py", ["--frames", "300", "--seconds", "5"]),
     ("bench_live.py", ["--camera-seconds", "5", "--bare-seconds", "3", "--mic-seconds", "5"]),
     ("bench_mqtt_source.py", ["--audio-frames", "2000", "--video-frames", "200"]),
-    ("bench_mqtt.py", ["--repeats", "7"]),
-    ("bench_web.py", ["--seconds", "150"]),
+    ("bench_mqtt.py", ["--repeats", "5"]),
+    (
+        "bench_web.py",
+        ["--seconds", "120", "--repeats", "2", "--brightness-repeats", "0", "--pairs", "0"],
+    ),
     ("bench_ray.py", ["--streams", "64", "--seconds", "1.5", "--round-trips", "100"]),
 ]
 TIMEOUT_S = 240
