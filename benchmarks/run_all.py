@@ -28,7 +28,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_overhead.py", []),
     ("bench_pipeline.py", ["--quick"]),
     ("bench_models.py", ["--quick", "--threads", "1"]),
-    ("bench_latency.py", ["--seconds", "5"]),
+    ("bench_latency.py", ["--seconds", "4"]),
     ("bench_startup.py", []),
     ("bench_memory.py", []),
     ("bench_silero.py", ["--minutes", "3", "--streams", "32", "--seconds", "4"]),
@@ -38,7 +38,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench_mqtt.py", ["--repeats", "5"]),
     (
         "bench_web.py",
-        ["--seconds", "120", "--repeats", "2", "--brightness-repeats", "0", "--pairs", "0"],
+        ["--seconds", "150", "--repeats", "2", "--brightness-repeats", "0", "--pairs", "0"],
     ),
     ("bench_ray.py", ["--streams", "64", "--seconds", "1.5", "--round-trips", "100"]),
 ]
