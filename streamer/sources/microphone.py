@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -198,9 +199,18 @@ class MicrophoneSource(PushSource):
             )
         except Exception as exc:
             supported = []
+            # a device busy for a moment refuses every rate: each is asked again while it
+            # says busy, within one shared budget
+            deadline = time.monotonic() + BUSY_RETRY_S
             for rate in COMMON_RATES:
                 try:
-                    sd.check_input_settings(device=device, samplerate=rate, channels=self.channels)
+                    check = partial(
+                        sd.check_input_settings,
+                        device=device,
+                        samplerate=rate,
+                        channels=self.channels,
+                    )
+                    retrying_busy(check, self.uri, max(0.0, deadline - time.monotonic()))
                     supported.append(rate)
                 except Exception:
                     continue
