@@ -52,6 +52,7 @@ bench: system-deps $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check streamer pipelines tests scripts benchmarks
+	$(BIN)/ruff format --check streamer pipelines tests scripts benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -110,7 +110,6 @@ def _front_ends() -> Registry[FeatureKind]:
     return FEATURES
 
 
-
 #: Per head, the ``[model]`` keys that only it takes.
 def _heads() -> Registry[HeadKind]:
     """The head registry, imported when a ``[model]`` table is checked (it brings torch,
@@ -237,8 +236,7 @@ class ModelConfig(_Section):
         front_ends = _front_ends()
         if self.features not in front_ends:
             raise ValueError(
-                f"features: unknown front-end {self.features!r}; expected one of"
-                f" {list(front_ends)}"
+                f"features: unknown front-end {self.features!r}; expected one of {list(front_ends)}"
             )
         kind = front_ends.get(self.features).options
         try:

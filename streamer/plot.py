@@ -57,8 +57,7 @@ def plot_timeline(
         unknown = [s for s in streams if s not in timelines]
         if unknown:
             raise InputError(
-                f"--streams: no stream {unknown[0]!r} in {path} "
-                f"(it has: {', '.join(timelines)})"
+                f"--streams: no stream {unknown[0]!r} in {path} (it has: {', '.join(timelines)})"
             )
         timelines = {s: timelines[s] for s in dict.fromkeys(streams)}
     bins = max(50, min(MAX_BINS, int(width * dpi)))
@@ -108,9 +107,7 @@ def _stream_panel(
 ) -> None:
     """Score lines, segment spans and label-change ticks of one stream."""
     for t0, t1, label in _merged_spans(timeline, bins):
-        ax.axvspan(
-            t0, t1, color=colors[label], alpha=SPAN_ALPHA, lw=0, gid=f"segment:{label}"
-        )
+        ax.axvspan(t0, t1, color=colors[label], alpha=SPAN_ALPHA, lw=0, gid=f"segment:{label}")
     shown = _top_labels(timeline)
     finite: list[float] = []
     for name in shown:
@@ -149,12 +146,13 @@ def _stream_panel(
         for label in seg_labels
     ]
     if changes:
-        handles.append(
-            Line2D([], [], color="0.3", marker="|", ls="", ms=9, label="label change")
-        )
+        handles.append(Line2D([], [], color="0.3", marker="|", ls="", ms=9, label="label change"))
     if handles:
         ax.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8,
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.005, 1.0),
+            fontsize=8,
             frameon=False,
         )
 

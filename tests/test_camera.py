@@ -201,8 +201,21 @@ def test_an_mpegts_stream_over_udp() -> None:
     port = free_port(socket.SOCK_DGRAM)
     url = f"udp://127.0.0.1:{port}"
     sender = subprocess.Popen(
-        [ffmpeg, "-loglevel", "error", "-re", "-f", "lavfi", "-i",
-         "testsrc=size=320x240:rate=30", "-t", "20", "-f", "mpegts", url],
+        [
+            ffmpeg,
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=30",
+            "-t",
+            "20",
+            "-f",
+            "mpegts",
+            url,
+        ],
         stdin=subprocess.DEVNULL,
     )
     try:

@@ -341,4 +341,3 @@ def test_a_pipeline_without_a_model_starts_without_torch(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
     assert len(read_jsonl(out)) == SPEECH_FRAMES
-

@@ -360,7 +360,7 @@ def test_output_pipe_closed_by_head_ends_quietly(tmp_path: Path, output: str) ->
     else:
         assert [line.split()[2] for line in lines] == ["#0", "#1", "#2"]
     # Nothing on stderr but the summary, which says why the run stopped.
-    assert errors.strip() and all(
-        line.startswith("summary: ") for line in errors.splitlines()
-    ), errors
+    assert errors.strip() and all(line.startswith("summary: ") for line in errors.splitlines()), (
+        errors
+    )
     assert "stopped: broken-pipe" in errors

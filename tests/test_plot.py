@@ -88,17 +88,25 @@ def write_hour(path: Path, frames: int = 112_500, step: float = 0.032) -> dict[s
             x = float(p[i])
             out.write(head % (i, i, float(t[i])) + body % (labels[i], 1.0 - x, x))
         for t0, t1, label in segments:
-            record = {"kind": "segment", "stream": "hour", "start": 0, "end": 0, "pts": t1,
-                      "label": label, "scores": {}, "latency_ms": 1.0, "t0": t0, "t1": t1}
+            record = {
+                "kind": "segment",
+                "stream": "hour",
+                "start": 0,
+                "end": 0,
+                "pts": t1,
+                "label": label,
+                "scores": {},
+                "latency_ms": 1.0,
+                "t0": t0,
+                "t1": t1,
+            }
             out.write(json.dumps(record) + "\n")  # fmt: skip
     changes = [float(t[i]) for i in starts[1:]]
     return {"pts": t, "speech": p, "silence": 1.0 - p, "segments": segments, "changes": changes}
 
 
 def stream_axes(fig: Figure) -> list[Axes]:
-    return [
-        ax for ax in fig.axes if any(str(x.get_gid()).startswith("score:") for x in ax.lines)
-    ]
+    return [ax for ax in fig.axes if any(str(x.get_gid()).startswith("score:") for x in ax.lines)]
 
 
 def score_lines(ax: Axes) -> dict[str, Line2D]:

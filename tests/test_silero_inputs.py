@@ -113,9 +113,7 @@ def cut(audio: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def original(
-    tmp_path_factory: pytest.TempPathFactory, cut: np.ndarray
-) -> tuple[Path, Records]:
+def original(tmp_path_factory: pytest.TempPathFactory, cut: np.ndarray) -> tuple[Path, Records]:
     """The 16 kHz mono cut and its offline records."""
     tmp = tmp_path_factory.mktemp("original")
     path = tmp / "cut.wav"

@@ -309,7 +309,6 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert "ermission denied" in str(message), message
 
 
-
 def test_path_through_a_file(stereo_wav: Path) -> None:
     inside = stereo_wav / "inner.wav"
     raises_input_error(inside, lambda: AudioFileSource(inside, OPTIONS, RealClock()))

@@ -161,9 +161,7 @@ async def test_replay_sources_declare_what_they_deliver(case: str, tmp_path: Pat
     make, options, expected = CASES[case]
     source = open_source(make(tmp_path), SourceOptions(**options), VirtualClock())
     declared = source.streams
-    got = {
-        i.stream: (i.media, i.shape, str(i.dtype), i.rate, i.total_frames) for i in declared
-    }
+    got = {i.stream: (i.media, i.shape, str(i.dtype), i.rate, i.total_frames) for i in declared}
     assert got == expected
     assert not any(info.live for info in declared)
     items = await collect(source)

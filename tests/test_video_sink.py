@@ -462,9 +462,7 @@ def test_matcher_shows_the_frames_own_output_else_the_last_before(
     """Frames written as soon as their output is known (outputs of some frames missing,
     arrivals interleaved at random) show their own output, else the newest before them."""
     frames, have, order = case
-    outputs = [
-        Output("s", "frame", i, i, 0.0, str(i), {str(i): 1.0}, 0.0) for i in sorted(have)
-    ]
+    outputs = [Output("s", "frame", i, i, 0.0, str(i), {str(i): 1.0}, 0.0) for i in sorted(have)]
     matcher, shown = OutputMatcher(), {}
     waiting, arriving = list(range(frames)), list(outputs)
     for add_next in order + [True] * len(outputs):

@@ -232,10 +232,7 @@ def _shift_gap(gap: Gap, stream_id: str, index_shift: int, pts_shift: float) -> 
 
 def _multichannel(stream: RecordedStream, shape: tuple[int, ...]) -> bool:
     return (
-        stream.media == "audio"
-        and len(shape) == 2
-        and shape[1] > 1
-        and stream.dtype.kind in "iuf"
+        stream.media == "audio" and len(shape) == 2 and shape[1] > 1 and stream.dtype.kind in "iuf"
     )
 
 

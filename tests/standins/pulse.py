@@ -43,8 +43,17 @@ class PulseServer:
         config.write_text(CONFIG.format(socket=self.socket), encoding="utf-8")
         env = dict(os.environ, XDG_RUNTIME_DIR=str(self.root / "run"), HOME=str(self.root / "home"))
         self.process = subprocess.Popen(
-            [pulseaudio, "-n", "-F", str(config), "--daemonize=no", "--exit-idle-time=-1",
-             "--use-pid-file=no", "--disallow-exit", "--log-target=stderr"],
+            [
+                pulseaudio,
+                "-n",
+                "-F",
+                str(config),
+                "--daemonize=no",
+                "--exit-idle-time=-1",
+                "--use-pid-file=no",
+                "--disallow-exit",
+                "--log-target=stderr",
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
