@@ -61,6 +61,22 @@ from streamer.stages.base import Stage
 log = logging.getLogger(__name__)
 
 
+def _unique_sink_names(sinks: Sequence[Sink]) -> None:
+    """Two sinks of one name (two JSONL files called ``out.jsonl`` in different folders,
+    two MQTT sinks with one topic template on different brokers) would share their edge,
+    their counts and their line in the summary: the second becomes ``NAME#2``, and so on."""
+    seen: dict[str, int] = {}
+    for sink in sinks:
+        count = seen[sink.name] = seen.get(sink.name, 0) + 1
+        if count > 1:
+            name = f"{sink.name}#{count}"
+            while name in seen:
+                count += 1
+                name = f"{sink.name}#{count}"
+            seen[name] = 1
+            sink.name = name
+
+
 #: Capacity of the lossless edges (frames or outputs in flight per edge).
 BLOCK_CAPACITY: dict[Mode, int] = {"realtime": 64, "online": 64, "offline": 1024}
 #: Capacity of a frame tap (frames and markers on their way to a frame sink).
@@ -95,6 +111,7 @@ class Pipeline:
             raise ValueError("a pipeline needs at least one stage")
         if self.metrics is None:
             self.metrics = Metrics(self.clock, mode=self.mode)
+        _unique_sink_names(self.sinks)
         self.metrics.watch(self.sources, self.sinks)
         if self.deliveries is None:
             self.deliveries = [default_delivery(sink) for sink in self.sinks]

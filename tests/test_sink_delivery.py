@@ -186,3 +186,36 @@ def test_a_jsonl_sink_on_a_full_disk_is_dropped_by_the_file_and_the_run_goes_on(
     failed = [s for s in report["sinks"].values() if s["failed"]]
     assert len(failed) == 1 and "No space left" in failed[0]["failed"]
     assert report["outputs"] == len(lines)
+
+
+async def test_two_sinks_of_one_name_keep_their_own_counts(tmp_path: Path) -> None:
+    """Two JSONL files of one name in two folders: each sink its own edge and its own
+    line in the summary (the second named ``#2``), each file every output."""
+    from streamer.sinks import JsonlSink
+
+    clock = VirtualClock()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = JsonlSink(tmp_path / "a" / "out.jsonl"), JsonlSink(tmp_path / "b" / "out.jsonl")
+    slow = SlowSink(clock, 0.05, name="jsonl:out.jsonl")  # a third of that name, slow
+    pipeline = Pipeline(
+        [ScriptedSource(audio_script(frames=FRAMES), clock, pace="realtime")],
+        [ThresholdStage()],
+        [first, second, slow],
+        mode="online",
+        clock=clock,
+        deliveries=[Delivery(), Delivery(), Delivery("drop-oldest", capacity=4)],
+    )
+    summary = await pipeline.run()
+    sinks = summary["sinks"]
+    assert isinstance(sinks, dict)
+    names = ["sink:jsonl:out.jsonl", "sink:jsonl:out.jsonl#2", "sink:jsonl:out.jsonl#3"]
+    assert [first.name, second.name, slow.name] == names
+    assert set(names) <= set(sinks)
+    assert sinks[names[0]]["dropped"] == sinks[names[1]]["dropped"] == 0
+    assert (
+        sinks[names[2]]["dropped"] > 0 and len(slow.outputs) + sinks[names[2]]["dropped"] == FRAMES
+    )
+    for folder in ("a", "b"):
+        lines = (tmp_path / folder / "out.jsonl").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == FRAMES
