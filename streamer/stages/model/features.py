@@ -125,6 +125,16 @@ class Raw(Features):
 
     def push(self, data: Any) -> Tensor:
         """``[samples, channels]`` or ``[H, W, 3]`` -> ``[1, F]`` float32."""
+        if (  # the common case, a full float32 chunk of the known shape: a view as it is
+            self.media_kind == "audio"
+            and type(data) is np.ndarray
+            and data.dtype == np.float32
+            and data.ndim == 2
+            and data.shape[0] == self.chunk
+            and self._shape == (data.size,)
+        ):
+            array = data if data.flags.writeable else data.copy()  # (torch warns on read-only)
+            return torch.from_numpy(array).reshape(1, -1)
         if self.media_kind == "video":
             image = as_image(data)
             x = torch.from_numpy(image.reshape(1, -1).astype(np.float32) / np.float32(255.0))
@@ -139,24 +149,11 @@ class Raw(Features):
 
     def push_frame(self, frame: Frame) -> tuple[Tensor, list[Step]]:
         """One step; for audio its duration is the frame's real samples over the rate."""
-        data = frame.data
-        if (  # the common case, a full float32 chunk: a view, no conversion
-            self.media_kind == "audio"
-            and type(data) is np.ndarray
-            and data.dtype == np.float32
-            and data.ndim == 2
-            and data.shape[0] == self.chunk
-            and self._shape == (data.size,)
-        ):
-            real = real_count(frame.pts, data.shape[0], frame.rate, self.samples)
-            step = Step(frame.index, frame.pts, frame.captured, real / frame.rate)
-            array = data if data.flags.writeable else data.copy()  # (torch warns on read-only)
-            return torch.from_numpy(array).reshape(1, -1), [step]
-        x = self.push(data)
-        duration = frame.duration
+        x = self.push(frame.data)
         if self.media_kind == "audio":
-            real = real_count(frame.pts, len(frame.data), frame.rate, self.samples)
-            duration = real / frame.rate
+            duration = real_count(frame.pts, len(frame.data), frame.rate, self.samples) / frame.rate
+        else:
+            duration = frame.duration
         return x, [Step(frame.index, frame.pts, frame.captured, duration)]
 
     def push_frames(self, frames: Sequence[Frame]) -> tuple[Tensor, list[Step]]:

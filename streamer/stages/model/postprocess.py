@@ -84,13 +84,11 @@ class Labeler:
         or an infinity go one by one (their order is Python's, not the tensor's)."""
         if scores.ndim != 2 or scores.shape[1] != len(self.labels):
             raise ValueError(f"labeler: scores must be [T, {len(self.labels)}]")
-        array = scores.detach().numpy() if scores.device.type == "cpu" else None
-        finite = np.isfinite(array).all() if array is not None else torch.isfinite(scores).all()
-        if not bool(finite):
-            return [self(dict(zip(self.labels, row, strict=True))) for row in scores.tolist()]
-        if not self.thresholds:  # (numpy: a few µs a call where torch takes tens)
-            best = array.argmax(axis=1) if array is not None else scores.argmax(dim=1)
-            return [self.labels[i] for i in best.tolist()]
+        array = scores.detach().cpu().numpy()  # (numpy: a few µs a call where torch takes tens)
+        if not np.isfinite(array).all():
+            return [self(dict(zip(self.labels, row, strict=True))) for row in array.tolist()]
+        if not self.thresholds:
+            return [self.labels[i] for i in array.argmax(axis=1).tolist()]
         on = self._has & (scores >= self._limits.to(scores.dtype))
         best = torch.where(on, scores, torch.full_like(scores, -math.inf)).argmax(dim=1)
         return [

@@ -120,7 +120,8 @@ class ModelStage(ModelCalls):
         }
 
     def discard(self) -> None:
-        """Release a stage that will never run: its worker thread, the engine's actors."""
+        """Release the stage's worker thread and the engine's actors: at the end of its
+        run, or for a stage that will never run."""
         self.worker.close()
         if self.engine is not None:
             self.engine.close()
@@ -141,9 +142,7 @@ class ModelStage(ModelCalls):
                 # processing (a slow model call) takes time: these streams were served now
                 self.store.touch(streams, self.clock.now())
         finally:
-            self.worker.close()
-            if self.engine is not None:
-                self.engine.close()
+            self.discard()
 
     async def _wait_for_more(self, inbox: Channel[Any], items: list[Any]) -> list[Any]:
         """Give other streams up to ``max_wait_ms`` to make the batch fuller."""
