@@ -77,6 +77,23 @@ def run_cli(
     )
 
 
+def imported_by_run(args: Sequence[str], module: str, cwd: Path = REPO_ROOT) -> bool:
+    """Whether ``module`` is in ``sys.modules`` once ``streamer ARGS`` has run (exit code
+    0 required) through ``streamer.cli.main`` in a fresh Python."""
+    code = (
+        "import sys\n"
+        "from streamer.cli import main\n"
+        f"code = main({list(args)!r})\n"
+        "assert code == 0, code\n"
+        f"print({module!r} in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip() == "True"
+
+
 def run_cli_together(
     *commands: Sequence[str | os.PathLike[str]],
     cwd: Path = REPO_ROOT,
