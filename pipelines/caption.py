@@ -10,14 +10,19 @@ A caption has two parts that need different eyes, so the model has two:
 
 - **what moves how**: the webcam motion labeller (``pipelines/motion.py``, its trained
   weights copied in and kept frozen) runs over the clip at its own 64x48 (the input
-  pooled 2x2). Its per-frame motion scores and the point it tracks the object with
-  (keypoint 0) feed a small summary GRU, which turns the frame-by-frame labels into the
-  order of the motions;
+  pooled 2x2). Its per-frame motion scores, the point it tracks the object with
+  (keypoint 0) and the object's own flow there (the camera's shake taken out: a
+  measure, not a judgement, so a still stretch reads still where the labels waver)
+  feed a small summary GRU, which turns the frame-by-frame labels into the order of
+  the motions;
 - **what it is**: around that point, a :data:`CROP`-pixel window of the full 128x96
   frame goes through a small CNN (:class:`Look`); its features are averaged over the
-  clip's frames, so every frame adds evidence of the object's shape and colour.
+  clip's frames, so every frame adds evidence of the object's shape and colour, and
+  the look's two heads name them (log-probabilities per shape and colour).
 
-The decoder GRU starts from both and writes the words. One stateful model does it all, so
+The decoder GRU starts from the summary and the look's naming and writes the words (the
+object's two are a copy of the naming: the decoder, trained on 4,000 clips, would read
+raw features less well than heads trained on every frame). One stateful model does it all, so
 streamer's ``generate`` head drives it (``[model] decode = "end"``: once per clip, from
 the state after its last frame):
 
@@ -64,6 +69,13 @@ MIN_SEEN = 6  # frames of a clip's last motion for it to be in the caption (else
 #: Rendering sizes of the captioned clips and their weights (each resized to the input).
 RESOLUTIONS = ((128, 96), (160, 120))
 RESOLUTION_WEIGHTS = (0.75, 0.25)
+
+#: Per frame, the summary GRU's inputs: the labeller's log-probabilities, its point and
+#: the point's change, and the object's own flow (:func:`pipelines.motion.object_flow`).
+SUMMARY_INPUTS = len(motion.LABELS) + 4 + motion.OBJECT_FLOW_SIZE
+
+#: The look's naming of the object (:meth:`Look.name`): a log-probability per shape and colour.
+NAMES = len(SHAPES) + len(COLOURS)
 
 MotionState = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 #: (the labeller's state, summary h [1, B, S], the look's sum [B, A + 1], decoder d [1, B, D])
@@ -132,7 +144,8 @@ class Look(nn.Module):
     """The object's window ``[N, 3, CROP, CROP]`` -> ``[N, A + 1]``: features (its shape
     and colour) times a weight in (0, 1), then the weight. Summed over a clip's frames
     and divided by the weights' sum, they are the weighted mean features: a window that
-    missed the object can weigh little."""
+    missed the object can weigh little. Its two heads name the shape and the colour
+    from (mean) features: :meth:`name`."""
 
     def __init__(self, features: int = 64) -> None:
         super().__init__()
@@ -142,22 +155,32 @@ class Look(nn.Module):
 
         self.net = nn.Sequential(
             *block(3, 16),
-            nn.MaxPool2d(2),  # 20x20
+            nn.MaxPool2d(2),  # CROP / 2
             *block(16, 32),
-            nn.MaxPool2d(2),  # 10x10
+            nn.MaxPool2d(2),  # CROP / 4
             *block(32, 48),
-            nn.MaxPool2d(2),  # 5x5
+            nn.MaxPool2d(2),  # CROP / 8
             *block(48, 48),
             nn.Flatten(),
         )
         self.features = features
-        self.describe = nn.Sequential(nn.Linear(48 * 5 * 5, features), nn.ReLU())
-        self.weigh = nn.Linear(48 * 5 * 5, 1)
+        flat = 48 * (CROP // 8) ** 2
+        self.describe = nn.Sequential(nn.Linear(flat, features), nn.ReLU())
+        self.weigh = nn.Linear(flat, 1)
+        self.shape = nn.Linear(features, len(SHAPES))
+        self.colour = nn.Linear(features, len(COLOURS))
 
     def forward(self, window: Tensor) -> Tensor:
         hidden = self.net(window)
         weight = torch.sigmoid(self.weigh(hidden))
         return torch.cat([self.describe(hidden) * weight, weight], dim=-1)
+
+    def name(self, features: Tensor) -> Tensor:
+        """Features ``[..., A]`` -> the log-probabilities of the shapes, then of the
+        colours ``[..., NAMES]``: what the decoder is told of the object (its words
+        for it are then a copy, not a second reading of the features)."""
+        shape = self.shape(features).log_softmax(-1)
+        return torch.cat([shape, self.colour(features).log_softmax(-1)], dim=-1)
 
 
 def mean_look(total: Tensor) -> Tensor:
@@ -182,11 +205,11 @@ class CaptionModel(nn.Module):
         self.look = Look(look)
         self.summary_size, self.decoder_size = summary, decoder
         self.state_batch_axes = (*motion.MotionLabeller.state_batch_axes, 1, 0, 1)
-        self.summary = nn.GRU(len(motion.LABELS) + 4, summary, batch_first=True)
+        self.summary = nn.GRU(SUMMARY_INPUTS, summary, batch_first=True)
         self.embed = nn.Embedding(len(VOCAB), embedding)
         self.start = nn.Parameter(torch.zeros(embedding))
-        self.init = nn.Linear(summary + look, decoder)
-        self.context = nn.Linear(summary + look, decoder)
+        self.init = nn.Linear(summary + NAMES, decoder)
+        self.context = nn.Linear(summary + NAMES, decoder)
         self.dec = nn.GRU(embedding + decoder, decoder, batch_first=True)
         self.out = nn.Linear(decoder, len(VOCAB))
 
@@ -215,14 +238,16 @@ class CaptionModel(nn.Module):
         self, x: Tensor, state: MotionState, window: int = CROP
     ) -> tuple[Tensor, Tensor, MotionState]:
         """Frames ``x [B, T, 3, 96, 128]`` -> per frame the summary GRU's inputs ``[B, T,
-        9]`` (the labeller's log-probabilities, its point and the point's change), the
-        object's windows ``[B, T, 3, window, window]``, and the labeller's state after them."""
+        SUMMARY_INPUTS]`` (the labeller's log-probabilities, its point and the point's
+        change, the object's own flow), the object's windows ``[B, T, 3, window,
+        window]``, and the labeller's state after them."""
         batch, steps = x.shape[:2]
         small = F.avg_pool2d(x.flatten(0, 1), 2)
         small = small.reshape(batch, steps, *small.shape[1:])
-        logits, point, after = self.motion.track(small, state)
+        logits, point, flow, after = self.motion.track(small, state)
         moved = motion.change_since(point, self.motion.point(state[1]), state[2]) * 10.0
-        inputs = torch.cat([logits.log_softmax(-1), point, moved], dim=-1)
+        own = flow[..., motion.REGION_FLOW_SIZE :]  # the object's flow, the camera's taken out
+        inputs = torch.cat([logits.log_softmax(-1), point, moved, own], dim=-1)
         windows = crop(x.flatten(0, 1), point.flatten(0, 1).detach(), window)
         return inputs, windows.reshape(batch, steps, *windows.shape[1:]), after
 
@@ -241,16 +266,17 @@ class CaptionModel(nn.Module):
         inputs, looks, moving = self.watch(x, moving)
         y, h = self.summary(inputs, h)  # [B, T, S]
         sums = total[:, None] + looks.cumsum(1)  # [B, T, A + 1]
-        logits, d = self.first_token(torch.cat([y, mean_look(sums)], dim=-1))
+        logits, d = self.first_token(torch.cat([y, self.look.name(mean_look(sums))], dim=-1))
         return logits, (moving, h, sums[:, -1], d[:, -1][None])
 
     def clip_vector(self, state: State) -> Tensor:
-        """The decoder's condition ``[B, S + A]`` from a state: the summary and the look."""
+        """The decoder's condition ``[B, S + NAMES]`` from a state: the summary and the
+        look's naming of the object."""
         _, h, total, _ = state
-        return torch.cat([h[-1], mean_look(total)], dim=-1)
+        return torch.cat([h[-1], self.look.name(mean_look(total))], dim=-1)
 
     def first_token(self, c: Tensor) -> tuple[Tensor, Tensor]:
-        """Clip vectors ``c [B, T, S + A]`` -> the first token's logits ``[B, T, V]`` and
+        """Clip vectors ``c [B, T, S + NAMES]`` -> the first token's logits ``[B, T, V]`` and
         the decoder's state after the start token ``[B, T, D]``, as if the clip ended at
         each step."""
         b, t, _ = c.shape
@@ -269,7 +295,7 @@ class CaptionModel(nn.Module):
         return self.out(out), (*state[:3], d)
 
     def teacher_forced(self, c: Tensor, tokens: Tensor) -> Tensor:
-        """Training: clip vectors ``c [B, S + A]`` and the captions' tokens ``[B, L]`` (end
+        """Training: clip vectors ``c [B, S + NAMES]`` and the captions' tokens ``[B, L]`` (end
         token included) -> logits ``[B, L, V]`` for each token, the start token first,
         then each token given the ones before."""
         b = c.shape[0]
@@ -284,17 +310,32 @@ class CaptionModel(nn.Module):
         (all ``T`` frames each, from a fresh state), greedily decoded the way streamer's
         generate head decodes."""
         logits, state = self(x)
+        return self.greedy_from(logits[:, -1], state, max_len)
+
+    def restart(self, state: State) -> tuple[Tensor, State]:
+        """The first token's logits ``[B, V]`` and the state after the start token, from
+        the encoders' part of ``state`` (what :meth:`forward` gives at a clip's last
+        frame; the decoder's part is not read)."""
+        logits, d = self.first_token(self.clip_vector(state)[:, None])
+        return logits[:, -1], (*state[:3], d[:, -1][None])
+
+    def greedy_from(
+        self, logits: Tensor, state: State, max_len: int = MAX_TOKENS
+    ) -> list[list[int]]:
+        """Greedy token ids (end token excluded) from the first token's logits ``[B, V]``
+        and the state after the start token."""
         end = VOCAB.index(END)
-        out: list[list[int]] = [[] for _ in range(x.shape[0])]
-        done = torch.zeros(x.shape[0], dtype=torch.bool)
+        out: list[list[int]] = [[] for _ in range(logits.shape[0])]
+        done = torch.zeros(logits.shape[0], dtype=torch.bool)
         for _ in range(max_len):
-            token = logits[:, -1].argmax(-1)
+            token = logits.argmax(-1)
             done |= token == end
             if bool(done.all()):
                 break
             for i in torch.nonzero(~done).flatten().tolist():
                 out[i].append(int(token[i]))
-            logits, state = self.decode(self.embed(token)[:, None], state)
+            step, state = self.decode(self.embed(token)[:, None], state)
+            logits = step[:, -1]
         return out
 
 

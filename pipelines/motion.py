@@ -271,7 +271,7 @@ class MotionLabeller(nn.Module):
         return torch.cat([px, py, strength, pooled], dim=1)
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        y, _, state = self.track(x, state)
+        y, _, _, state = self.track(x, state)
         return y, state
 
     def point(self, z: Tensor) -> Tensor:
@@ -279,9 +279,10 @@ class MotionLabeller(nn.Module):
         ``[..., 2]``."""
         return z[..., [0, self.keypoints]]
 
-    def track(self, x: Tensor, state: State | None = None) -> tuple[Tensor, Tensor, State]:
-        """:meth:`forward`, and where the main object is in each frame: ``(logits [B, T,
-        5], point 0 [B, T, 2], state)`` (the captioner crops its look there)."""
+    def track(self, x: Tensor, state: State | None = None) -> tuple[Tensor, Tensor, Tensor, State]:
+        """:meth:`forward`, with where the main object is in each frame and how it moved:
+        ``(logits [B, T, 5], point 0 [B, T, 2], flow [B, T, FLOW_SIZE], state)`` (the
+        captioner crops its look at the point and reads the object's flow)."""
         batch, steps = x.shape[:2]
         if state is None:
             state = self.initial_state(batch)
@@ -296,7 +297,7 @@ class MotionLabeller(nn.Module):
         moved = flow(grey.flatten(0, 1), grey_before.flatten(0, 1), centre)
         moved = moved.reshape(batch, steps, -1)
         y, (h, z_last, seen) = self.step_encoded(z, moved, (h, previous, seen))
-        return y, point, (h, z_last, seen, b[:, -1], grey[:, -1])
+        return y, point, moved, (h, z_last, seen, b[:, -1], grey[:, -1])
 
     def step_encoded(
         self, z: Tensor, moved: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None

@@ -1,17 +1,19 @@
 """Train the clip captioner (``pipelines/caption.py``) on rendered clips.
 
-    python pipelines/train_caption.py [--clips 4000] [--budget 900] [--threads 2]
+    python pipelines/train_caption.py [--clips 4000] [--budget 1200] [--threads 2]
 
 1. Renders captioned clips (:func:`pipelines.caption.rendered_clip`: 12-30 frames, at
    most three motions; ``--jobs`` processes), resizes them to the model's input as
    streamer's ``pixels`` features do, and runs the motion labeller over them (its
    trained weights, ``pipelines/motion.pt``, copied into the captioner and frozen): per
    frame, the summary GRU's inputs and the object's window.
-2. Trains the look (:class:`pipelines.caption.Look`) on the windows: a bag of a clip's
-   frames, averaged, names the object's shape and colour (plus the same per frame).
-3. Trains the summary GRU and the decoder on the captions' tokens (teacher forcing), the
-   look frozen; clips are flipped left-right at random (``left``/``right`` swapped to
-   match).
+2. Trains the look (:class:`pipelines.caption.Look`) and its heads on the windows: a
+   bag of a clip's frames, averaged, names the object's shape and colour (plus the
+   same per frame).
+3. Trains the summary GRU and the decoder on the captions' tokens (teacher forcing),
+   from the summary's inputs and the frozen look's naming of the object; clips are
+   flipped left-right at random (``left``/``right`` swapped to match), and a quarter
+   of them trade their naming and object words with another clip (:func:`trade_names`).
 
 ``--budget`` bounds the whole run, rendering and evaluation included: the two trainings
 share what the rendering left (``--look-share`` to the look), each with a one-cycle
@@ -43,7 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipelines import caption, motion, motion_scenes  # noqa: E402
-from pipelines.train_motion import as_input  # noqa: E402
+from pipelines.train_motion import as_input, flip_object_flow  # noqa: E402
 
 TRAIN_SEED, VALIDATION_SEED, HELD_OUT_SEED = 11, 12, 13
 MAX_FRAMES = 30
@@ -52,7 +54,7 @@ SHIFT = 8  # training windows are this much larger: the look sees them shifted a
 FLIP_TOKENS = torch.arange(len(caption.VOCAB))
 _left, _right = caption.VOCAB.index("left"), caption.VOCAB.index("right")
 FLIP_TOKENS[_left], FLIP_TOKENS[_right] = _right, _left
-#: The summary's inputs under a left-right flip: log-probabilities left <-> right, x negated.
+#: The labeller's log-probabilities and point of a left-right flip: left <-> right, x negated.
 FLIP_INPUTS = torch.tensor([0, 2, 1, 3, 4, 5, 6, 7, 8])
 FLIP_SIGNS = torch.tensor([1.0, 1, 1, 1, 1, -1, 1, -1, 1])
 
@@ -140,6 +142,14 @@ def render(
     return Clips(parts)
 
 
+def flip_left_right(inputs: Tensor) -> Tensor:
+    """The summary's inputs ``[..., SUMMARY_INPUTS]`` (:meth:`caption.CaptionModel.sense`)
+    of clips -> those of the clips flipped left-right."""
+    first = len(FLIP_INPUTS)
+    own = flip_object_flow(inputs[..., first:], 0)
+    return torch.cat([inputs[..., FLIP_INPUTS] * FLIP_SIGNS, own], -1)
+
+
 def predict(model: caption.CaptionModel, clips: Clips, batch: int = 64) -> list[str]:
     """Greedy captions of ``clips`` (their frames) by the model's own path: every frame
     through :meth:`~pipelines.caption.CaptionModel.forward`, then token by token."""
@@ -187,13 +197,13 @@ def train_look(
     model: caption.CaptionModel, clips: Clips, seconds: float, args: argparse.Namespace
 ) -> int:
     """Train the look for ``seconds``: bags of ``--bag`` frames of ``--batch`` clips, each
-    window shifted by up to ``SHIFT`` pixels at random; their weighted mean features name
-    the shape and colour (and each frame's own features too, at half weight)."""
+    window shifted by up to ``SHIFT`` pixels at random; by its heads, their weighted mean
+    features name the shape and colour (and each frame's own features too, at half
+    weight). Channels last: a third more steps in the time on CPU."""
     look = model.look
-    shape_head = nn.Linear(look.features, len(motion_scenes.SHAPES))
-    colour_head = nn.Linear(look.features, len(motion_scenes.COLOURS))
-    params = [*look.parameters(), *shape_head.parameters(), *colour_head.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    look.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # untyped, works
+    shape_head, colour_head = look.shape, look.colour
+    optimiser = torch.optim.AdamW(look.parameters(), lr=args.lr, weight_decay=1e-4)
     ce = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(1)
     look.train()
@@ -207,7 +217,7 @@ def train_look(
         windows = clips.windows[batch[:, None], frame, :, dy : dy + c, dx : dx + c].float()
         if torch.rand(1, generator=generator) < 0.5:
             windows = windows.flip(-1)
-        out = look(windows.flatten(0, 1))  # [B * K, A + 1]
+        out = look(windows.flatten(0, 1).contiguous(memory_format=torch.channels_last))
         shape, colour = clips.shape[batch], clips.colour[batch]
         mean = caption.mean_look(out.reshape(args.batch, args.bag, -1).sum(1))
         loss = ce(shape_head(mean), shape) + ce(colour_head(mean), colour)
@@ -221,7 +231,7 @@ def train_look(
         optimiser.step()
         if steps % 100 == 0:
             print(f"look {steps}: {float(loss.detach()):.4f}", file=sys.stderr)
-    look.eval()
+    look.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return steps + 1
 
 
@@ -239,6 +249,25 @@ def looks_of(model: caption.CaptionModel, clips: Clips, batch: int = 256) -> Ten
     return out
 
 
+def trade_names(names: Tensor, tokens: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A batch's namings ``[B, NAMES]`` (:meth:`caption.Look.name`) and captions ``[B,
+    L]`` -> the same with a quarter of the clips given another clip's naming, and its
+    colour and shape words with it (the motions' words stay the clip's own).
+
+    On the clips it was trained on, the look names nearly every object right, so the
+    decoder could tie what it says of the motions to the object; traded, the naming is
+    something it copies and the motions something it reads from the summary. Measured
+    on 600 validation clips (one seed each): 95.4 % token accuracy against 94.3 %
+    without; softening the namings as well (a temperature, to mimic an unsure look)
+    added nothing."""
+    b = names.shape[0]
+    other = torch.randint(0, b, (b,), generator=generator)
+    traded = torch.rand(b, generator=generator) < 0.25
+    names = torch.where(traded[:, None], names[other], names)
+    object_words = torch.where(traded[:, None], tokens[other, :2], tokens[:, :2])
+    return names, torch.cat([object_words, tokens[:, 2:]], dim=1)
+
+
 def train_decoder(
     model: caption.CaptionModel,
     clips: Clips,
@@ -247,7 +276,10 @@ def train_decoder(
     args: argparse.Namespace,
 ) -> int:
     """Train the summary GRU and the decoder for ``seconds`` on the captions (teacher
-    forcing), from the clips' summary inputs and (frozen) look features."""
+    forcing), from the clips' summary inputs and the (frozen) look's naming of the
+    object from all their frames, traded between clips at random (:func:`trade_names`)."""
+    with torch.inference_mode():
+        names = model.look.name(caption.mean_look(looks.sum(1)))  # [N, NAMES]
     params = [
         p for name, p in model.named_parameters() if not name.startswith(("motion.", "look."))
     ]
@@ -260,11 +292,11 @@ def train_decoder(
         lengths, tokens = clips.lengths[batch], clips.tokens[batch]
         inputs = clips.inputs[batch, : int(lengths.max())]
         if torch.rand(1, generator=generator) < 0.5:  # flip left-right
-            inputs, tokens = inputs[..., FLIP_INPUTS] * FLIP_SIGNS, FLIP_TOKENS[tokens]
+            inputs, tokens = flip_left_right(inputs), FLIP_TOKENS[tokens]
+        named, tokens = trade_names(names[batch], tokens, generator)
         y, _ = model.summary(inputs)
         last = y[torch.arange(len(batch)), lengths - 1]
-        mean = caption.mean_look(looks[batch].sum(1))
-        logits = model.teacher_forced(torch.cat([last, mean], dim=-1), tokens)
+        logits = model.teacher_forced(torch.cat([last, named], dim=-1), tokens)
         loss = ce(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1))
         optimiser.zero_grad()
         loss.backward()
@@ -280,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=4000, help="training clips")
     parser.add_argument("--validation", type=int, default=200, help="validation clips")
     parser.add_argument("--held-out", type=int, default=400, help="held-out clips")
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run")
+    parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole run")
     parser.add_argument("--reserve", type=float, default=60.0, help="seconds kept for the end")
     parser.add_argument("--look-share", type=float, default=0.8, help="training time to the look")
     parser.add_argument("--batch", type=int, default=32, help="clips per look step")

@@ -135,16 +135,24 @@ def flip_flows(moved: torch.Tensor, axis: int) -> torch.Tensor:
     clips flipped left-right (``axis`` 0) or up-down (1): regions mirrored, the motion
     along the axis negated (equal to computing them on flipped clips, to 1e-4)."""
     rows, columns = motion.FLOW_REGIONS
-    size, sigmas = motion.REGION_FLOW_SIZE, len(motion.OBJECT_SIGMAS)
+    size = motion.REGION_FLOW_SIZE
     regions = moved[..., :size].reshape(*moved.shape[:-1], motion.FLOW_LEVELS, 3, rows, columns)
     regions = regions.flip(-1 if axis == 0 else -2).clone()
     regions[..., axis, :, :] *= -1
-    obj = moved[..., size:].clone()
+    return torch.cat([regions.flatten(-4), flip_object_flow(moved[..., size:], axis)], -1)
+
+
+def flip_object_flow(obj: torch.Tensor, axis: int) -> torch.Tensor:
+    """The object's flows ``[..., OBJECT_FLOW_SIZE]`` (:func:`motion.object_flow`) ->
+    those of the clips flipped left-right (``axis`` 0) or up-down (1): the motion along
+    the axis negated."""
+    sigmas = len(motion.OBJECT_SIGMAS)
+    obj = obj.clone()
     obj[..., axis] *= -1  # the camera's shift
     for level in range(len(motion.OBJECT_LEVELS)):
         first = 2 + level * (3 * sigmas + 2) + axis * (sigmas + 1)
         obj[..., first : first + sigmas + 1] *= -1
-    return torch.cat([regions.flatten(-4), obj], -1)
+    return obj
 
 
 def locate_loss(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from media import assert_missing_weights_refused, lossless
 
-from pipelines import caption, train_caption
+from pipelines import caption, motion_scenes, train_caption
 from streamer.cli import main
 from streamer.models.loading import load_model
 
@@ -69,14 +69,87 @@ def test_training_clips_have_short_captions_of_known_words(seed: int, index: int
     assert [caption.VOCAB[i] for i in ids[:-1]] == words
 
 
-def test_held_out_figures() -> None:
-    """60 held-out clips (the training script's held-out seed), the figures of the
-    committed weights: exact match 83 % and token accuracy 96 % here (83 % and 94 % on
-    the script's 400 clips; the issue's targets are 80 % and 95 %)."""
+@pytest.fixture(scope="module")
+def held_out() -> tuple[caption.CaptionModel, train_caption.Clips, list[str]]:
+    """60 held-out clips (the training script's held-out seed) and the committed
+    captioner's captions of them."""
+    torch.set_num_threads(1)
     model = caption.trained()
     clips = train_caption.render(model, train_caption.HELD_OUT_SEED, 60, keep=True)
-    exact, token = train_caption.scores(train_caption.predict(model, clips), clips.captions)
-    assert exact >= 0.78 and token >= 0.92, (exact, token)
+    return model, clips, train_caption.predict(model, clips)
+
+
+def test_held_out_figures(
+    held_out: tuple[caption.CaptionModel, train_caption.Clips, list[str]],
+) -> None:
+    """The figures of the committed weights on 60 held-out clips: exact match 85 % and
+    token accuracy 96.4 % here (85.5 % and 95.3 % on the script's 400 clips; the
+    issue's targets are 80 % and 95 %)."""
+    _, clips, predicted = held_out
+    exact, token = train_caption.scores(predicted, clips.captions)
+    assert exact >= 0.8 and token >= 0.94, (exact, token)
+
+
+def test_the_caption_names_the_object_as_the_look_does(
+    held_out: tuple[caption.CaptionModel, train_caption.Clips, list[str]],
+) -> None:
+    """The decoder copies the look's naming of the object and reads the motions from the
+    summary alone: each clip decoded with the next clip's look (its sum over that clip's
+    frames) names the object as the look names it (its heads' most likely colour and
+    shape) and keeps its own motions, for nearly every clip (56 and 58 of 60 here)."""
+    model, clips, predicted = held_out
+    assert clips.x is not None
+    hs: dict[int, torch.Tensor] = {}
+    totals: dict[int, torch.Tensor] = {}
+    with torch.inference_mode():
+        for n in sorted(set(clips.lengths.tolist())):
+            same = torch.nonzero(clips.lengths == n).flatten()
+            _, (_, h, total, _) = model(caption.normalise(clips.x[same, :n]))
+            for k, i in enumerate(same.tolist()):
+                hs[i], totals[i] = h[:, k], total[k]
+        b = len(clips)
+        h = torch.stack([hs[i] for i in range(b)], 1)
+        total = torch.stack([totals[i] for i in range(b)]).roll(1, 0)
+        encoders = (model.motion.initial_state(b), h, total, h.new_zeros(1, b, model.decoder_size))
+        logits, state = model.restart(encoders)
+        ids = model.greedy_from(logits, state)
+        traded = [" ".join(caption.VOCAB[t] for t in caption_ids) for caption_ids in ids]
+        names = model.look.name(caption.mean_look(total))
+    shapes = len(motion_scenes.SHAPES)
+    shape, colour = names[:, :shapes].argmax(-1).tolist(), names[:, shapes:].argmax(-1).tolist()
+    named = [
+        [list(motion_scenes.COLOURS)[c], motion_scenes.SHAPES[s]]
+        for s, c in zip(shape, colour, strict=True)
+    ]
+    objects = sum(t.split()[:2] == n for t, n in zip(traded, named, strict=True))
+    motions = sum(t.split()[2:] == p.split()[2:] for t, p in zip(traded, predicted, strict=True))
+    assert objects >= 0.9 * b and motions >= 0.9 * b, (objects, motions)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_traded_namings_still_name_the_caption_words(seed: int) -> None:
+    """The decoder's training namings, traded between clips: each one's most likely
+    colour and shape are the caption's two first words (traded with it); the motions'
+    words are the clip's own."""
+    generator = torch.Generator().manual_seed(seed)
+    b, shapes, colours = 256, len(motion_scenes.SHAPES), len(motion_scenes.COLOURS)
+    shape = torch.randint(0, shapes, (b,), generator=generator)
+    colour = torch.randint(0, colours, (b,), generator=generator)
+    logits = torch.randn(b, shapes + colours, generator=generator)
+    logits[torch.arange(b), shape] += 20.0
+    logits[torch.arange(b), shapes + colour] += 20.0
+    names = torch.cat([logits[:, :shapes].log_softmax(-1), logits[:, shapes:].log_softmax(-1)], -1)
+    words = [caption.VOCAB.index(w) for w in ("moves", "left", "then", "stops", caption.END)]
+    colour_ids = torch.tensor([caption.VOCAB.index(c) for c in motion_scenes.COLOURS])
+    shape_ids = torch.tensor([caption.VOCAB.index(s) for s in motion_scenes.SHAPES])
+    rest = torch.tensor(words)[torch.randint(0, len(words), (b, 6), generator=generator)]
+    tokens = torch.cat([colour_ids[colour, None], shape_ids[shape, None], rest], dim=1)
+    named, varied = train_caption.trade_names(names, tokens, generator)
+    assert not torch.equal(named, names)  # some were traded
+    assert torch.equal(varied[:, 0], colour_ids[named[:, shapes:].argmax(-1)])
+    assert torch.equal(varied[:, 1], shape_ids[named[:, :shapes].argmax(-1)])
+    assert torch.equal(varied[:, 2:], tokens[:, 2:])
 
 
 @settings(max_examples=25, deadline=None)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from media import assert_missing_weights_refused, lossless
 from test_camera import MjpegServer
 
-from pipelines import motion, motion_scenes
+from pipelines import motion, motion_scenes, train_motion
 from pipelines.motion_scenes import LABELS, counted
 from streamer.build import Overrides, apply_overrides, build_pipeline
 from streamer.cli import main
@@ -110,6 +110,40 @@ def test_flow_points_the_way_a_pattern_moves() -> None:
         along, across = (u * u_sign, v) if u_sign else (v * v_sign, u)
         assert along.min() > 0.8 and along.max() < 1.2, (dx, dy, along)
         assert across.abs().mean() < 0.4, (dx, dy, across)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shift=st.tuples(st.integers(-2, 2), st.integers(-2, 2)),
+    centre=st.tuples(st.floats(-0.8, 0.8), st.floats(-0.8, 0.8)),
+    axis=st.sampled_from([0, 1]),
+)
+def test_flipped_flows_are_the_flows_of_the_flipped_frames(
+    seed: int, shift: tuple[int, int], centre: tuple[float, float], axis: int
+) -> None:
+    """The training scripts' flip of the flows (the labeller's, and the object's part the
+    captioner's summary reads) equals the flows computed on the flipped frames, the
+    object's centre flipped with them."""
+    rng = np.random.default_rng(seed)
+    pattern = rng.uniform(-1, 1, (12, 16)).astype(np.float32)
+    big = torch.from_numpy(cv2.resize(pattern, (80, 60), interpolation=cv2.INTER_CUBIC))
+    dx, dy = shift
+    before = big[None, None, 6:54, 8:72]
+    grey = big[None, None, 6 + dy : 54 + dy, 8 + dx : 72 + dx]
+    point = torch.tensor([centre])
+    mirrored = point * torch.tensor([[-1.0, 1.0]] if axis == 0 else [[1.0, -1.0]])
+    dim = -1 if axis == 0 else -2
+    flows = motion.flow(grey, before, point)
+    expected = motion.flow(grey.flip(dim), before.flip(dim), mirrored)
+    torch.testing.assert_close(train_motion.flip_flows(flows, axis), expected, atol=2e-4, rtol=0)
+    own = flows[..., motion.REGION_FLOW_SIZE :]
+    torch.testing.assert_close(
+        train_motion.flip_object_flow(own, axis),
+        expected[..., motion.REGION_FLOW_SIZE :],
+        atol=2e-4,
+        rtol=0,
+    )
 
 
 @settings(max_examples=25, deadline=None)
