@@ -11,20 +11,20 @@ A caption has two parts that need different eyes, so the model has two:
 - **what moves how**: the webcam motion labeller (``pipelines/motion.py``, its trained
   weights copied in and kept frozen) runs over the clip at its own 64x48 (the input
   pooled 2x2). Its per-frame motion scores, the point it tracks the object with
-  (keypoint 0) and the object's own flow there (the camera's shake taken out: a
-  measure, not a judgement, so a still stretch reads still where the labels waver)
-  feed a small summary GRU, which turns the frame-by-frame labels into the order of
-  the motions;
+  (keypoint 0) and the object's own flow there (Lucas-Kanade, the camera's shake taken
+  out: a measure beside the labeller's judgement, for the stretches where its labels
+  waver) feed a small summary GRU, which turns the frame-by-frame labels into the
+  order of the motions;
 - **what it is**: around that point, a :data:`CROP`-pixel window of the full 128x96
   frame goes through a small CNN (:class:`Look`); its features are averaged over the
   clip's frames, so every frame adds evidence of the object's shape and colour, and
   the look's two heads name them (log-probabilities per shape and colour).
 
 The decoder GRU starts from the summary and the look's naming and writes the words (the
-object's two are a copy of the naming: the decoder, trained on 4,000 clips, would read
-raw features less well than heads trained on every frame). One stateful model does it all, so
-streamer's ``generate`` head drives it (``[model] decode = "end"``: once per clip, from
-the state after its last frame):
+object's two are a copy of the naming: heads trained on every frame name the object
+better than a decoder trained on 4,000 clips reads raw features). One stateful model
+does it all, so streamer's ``generate`` head drives it (``[model] decode = "end"``: once
+per clip, from the state after its last frame):
 
 - a frame step, ``x [B, T, 3, H, W]`` (streamer's ``pixels`` features at
   :data:`INPUT_SIZE`, RGB scaled to [-1, 1]): the labeller, the summary and the look's
