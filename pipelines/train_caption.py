@@ -150,6 +150,13 @@ def flip_left_right(inputs: Tensor) -> Tensor:
     return torch.cat([inputs[..., FLIP_INPUTS] * FLIP_SIGNS, own], -1)
 
 
+def same_lengths(clips: Clips) -> Iterator[tuple[int, Tensor]]:
+    """The clips by length, shortest first: ``(frames, their indices [M])`` (the model
+    runs clips of one length at once)."""
+    for n in sorted(set(clips.lengths.tolist())):
+        yield n, torch.nonzero(clips.lengths == n).flatten()
+
+
 def predict(model: caption.CaptionModel, clips: Clips, batch: int = 64) -> list[str]:
     """Greedy captions of ``clips`` (their frames) by the model's own path: every frame
     through :meth:`~pipelines.caption.CaptionModel.forward`, then token by token."""
@@ -157,8 +164,7 @@ def predict(model: caption.CaptionModel, clips: Clips, batch: int = 64) -> list[
     out = [""] * len(clips)
     model.eval()
     with torch.inference_mode():
-        for n in sorted(set(clips.lengths.tolist())):
-            same = torch.nonzero(clips.lengths == n).flatten()
+        for n, same in same_lengths(clips):
             for part in torch.split(same, batch):
                 x = caption.normalise(clips.x[part, :n])
                 for i, ids in zip(part.tolist(), model.greedy(x), strict=True):

@@ -102,8 +102,7 @@ def test_the_caption_names_the_object_as_the_look_does(
     hs: dict[int, torch.Tensor] = {}
     totals: dict[int, torch.Tensor] = {}
     with torch.inference_mode():
-        for n in sorted(set(clips.lengths.tolist())):
-            same = torch.nonzero(clips.lengths == n).flatten()
+        for n, same in train_caption.same_lengths(clips):
             _, (_, h, total, _) = model(caption.normalise(clips.x[same, :n]))
             for k, i in enumerate(same.tolist()):
                 hs[i], totals[i] = h[:, k], total[k]
